@@ -1,0 +1,18 @@
+"""Core: the ``Sampler`` type, the ``run`` loop, compute accounting and combinators."""
+
+from itscale.core import checks
+from itscale.core.chain import chain
+from itscale.core.counting import (batch_size, cond, counted, eval_shape, scan, switch, token_positions,
+                                   vmap, while_loop)
+from itscale.core.keys import split_per_particle, step_key
+from itscale.core.particles import particles
+from itscale.core.predictor_corrector import predictor_corrector
+from itscale.core.run import Result, SaveAt, Stats, Trace, count_nonfinite, run
+from itscale.core.sampler import Sampler, StepContext, identity_finalize
+
+__all__ = [
+    "Result", "Sampler", "SaveAt", "Stats", "StepContext", "Trace", "batch_size", "chain", "checks",
+    "cond", "count_nonfinite", "counted", "eval_shape", "identity_finalize", "particles",
+    "predictor_corrector", "run", "scan", "split_per_particle", "step_key", "switch", "token_positions",
+    "vmap", "while_loop",
+]

@@ -1,0 +1,81 @@
+"""Argument checks that run before any compute.
+
+Every check raises ``ValueError`` or ``TypeError`` whose message names the argument and says what is
+accepted, so that a bad static argument fails at construction or trace time, never inside a loop.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """Return ``value`` as an ``int`` if it is an integer ``>= minimum`` (bools are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a Python int >= {minimum} (a static budget), got {value!r} "
+                        f"of type {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``; otherwise list the accepted names."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(repr(c) for c in choices)}")
+    return value
+
+
+def in_range(name: str, value: Any, low: float, high: float, *, inclusive: bool = True) -> float:
+    """Return ``value`` as a float if ``low <= value <= high`` (strict when ``inclusive=False``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [{low}, {high}], got {value!r}")
+    ok = low <= value <= high if inclusive else low < value < high
+    if not ok:
+        bracket = "[]" if inclusive else "()"
+        raise ValueError(f"{name} must lie in {bracket[0]}{low}, {high}{bracket[1]}, got {value}")
+    return float(value)
+
+
+def int_array(name: str, value: Any, *, ndim: int | None = None) -> jax.Array:
+    """Return ``value`` as an integer array, checking its rank."""
+    arr = jnp.asarray(value)
+    if not jnp.issubdtype(arr.dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    return arr
+
+
+def model_output(name: str, out: Any, like: Any) -> None:
+    """Check that a model function's output has the shape and dtype of the state it updates.
+
+    Shapes are static under ``jit``, so this check runs at trace time, before any compute.
+    """
+    out_shape, like_shape = jnp.shape(out), jnp.shape(like)
+    if out_shape != like_shape:
+        raise ValueError(f"{name} returned shape {out_shape}, but the state it updates has shape "
+                         f"{like_shape}; the model function must map x -> array of the same shape")
+    out_dtype, like_dtype = jnp.result_type(out), jnp.result_type(like)
+    if out_dtype != like_dtype:
+        raise TypeError(f"{name} returned dtype {out_dtype}, but the state has dtype {like_dtype}; "
+                        f"cast inside the model function or build the state in {out_dtype}")
+
+
+def same_structure(name: str, value: Any, reference: Any) -> None:
+    """Check that ``value`` is a pytree with the structure and leaf shapes of ``reference``."""
+    got, want = jax.tree.structure(value), jax.tree.structure(reference)
+    if got != want:
+        raise ValueError(f"{name} must have the structure {want}, got {got}")
+    for path, a, b in zip(jax.tree_util.tree_flatten_with_path(reference)[0], jax.tree.leaves(value),
+                          jax.tree.leaves(reference)):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(f"{name}{jax.tree_util.keystr(path[0])} must have shape {np.shape(b)}, "
+                             f"got {np.shape(a)}")

@@ -1,0 +1,212 @@
+"""Counting network evaluations (NFE) and verifier calls, correctly under ``vmap``, ``scan`` and ``cond``.
+
+How it works. Samplers never count by hand: they wrap the model function with :func:`counted`. Each
+call of a counted function adds its *cost* (by default the leading batch size of its first argument;
+for token models the number of token positions, :func:`token_positions`) to the innermost open
+:class:`Ledger`. ``its.run`` opens a ledger around ``init``, around every ``step`` inside its
+``lax.scan`` body and around ``finalize``, and adds each ledger's totals to counters carried through
+the loop, so a step traced once but run ``num_steps`` times is counted ``num_steps`` times.
+
+Inside a step, JAX control flow that calls a model must go through the counting drop-ins of this
+module: :func:`vmap` (counts are summed over the mapped axis, so N particles of batch b count N·b),
+:func:`scan` and :func:`while_loop` (counts are carried per iteration) and :func:`cond` / :func:`switch`
+(only the branch taken is counted). Each opens a ledger inside the transformed function and returns
+its totals as an ordinary output, so counts are runtime values, exact even when data dependent.
+A counted function called under a raw ``jax.vmap``/``lax.cond``/``lax.scan``/nested ``jit`` inside a
+step would be miscounted; it is detected (the JAX trace differs from the ledger's) and raises
+``RuntimeError`` naming the drop-in to use. Differentiation (``jax.grad``/``jvp``) of a counted
+function is allowed and counts the forward evaluation once.
+
+Outside any ledger (plain eager use) counted functions behave exactly like the wrapped function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+try:  # JAX internals, used only to detect miscounting; counting works without them.
+    from jax._src import core as _jax_core
+except ImportError:  # pragma: no cover
+    _jax_core = None
+
+KINDS = ("nfe", "verifier")
+_COUNTED_ATTR = "__itscale_counted__"
+
+
+def _current_trace():
+    if _jax_core is None or not hasattr(_jax_core, "trace_ctx"):
+        return None
+    trace = _jax_core.trace_ctx.trace
+    # Differentiation traces sit on top of the trace that owns the ledger: look through them.
+    while type(trace).__name__ in ("JVPTrace", "LinearizeTrace") and hasattr(trace, "parent_trace"):
+        trace = trace.parent_trace
+    return trace
+
+
+class Ledger:
+    """Totals of counted calls made while this ledger is the innermost open one."""
+
+    def __init__(self):
+        self.entries = {kind: [] for kind in KINDS}
+        self.trace = _current_trace()
+
+    def add(self, kind: str, cost: Any) -> None:
+        if self.trace is not None and _current_trace() is not self.trace:
+            raise RuntimeError(
+                "a counted model/verifier function was called under a JAX transformation that itscale "
+                "cannot count (raw jax.vmap, lax.cond/switch/scan/while_loop or a nested jit inside a "
+                "sampler step); use itscale.core.vmap / cond / switch / scan / while_loop instead")
+        self.entries[kind].append(cost)
+
+    def totals(self) -> dict[str, jax.Array]:
+        """Sum of costs per kind, as int32 arrays (zero for kinds never called)."""
+        return {kind: sum((jnp.asarray(c, jnp.int32) for c in costs), jnp.zeros((), jnp.int32))
+                for kind, costs in self.entries.items()}
+
+
+_state = threading.local()
+
+
+def _stack() -> list[Ledger]:
+    if not hasattr(_state, "stack"):
+        _state.stack = []
+    return _state.stack
+
+
+@contextlib.contextmanager
+def ledger():
+    """Open a ledger for the calls traced inside the ``with`` block."""
+    led = Ledger()
+    _stack().append(led)
+    try:
+        yield led
+    finally:
+        _stack().pop()
+
+
+def record(counts: dict[str, Any]) -> None:
+    """Add per-kind totals (e.g. returned by an inner ledger) to the innermost open ledger, if any."""
+    stack = _stack()
+    if stack:
+        for kind, value in counts.items():
+            stack[-1].entries[kind].append(value)
+
+
+def batch_size(x, *args, **kwargs) -> int:
+    """Default cost: the leading dimension of the first argument (1 for a scalar)."""
+    shape = jnp.shape(jax.tree.leaves(x)[0])
+    return int(shape[0]) if shape else 1
+
+
+def token_positions(tokens, *args, **kwargs) -> int:
+    """Cost of a token model call ``logits_fn(tokens, cache)``: batch × new positions."""
+    shape = jnp.shape(tokens)
+    size = 1
+    for d in shape:
+        size *= int(d)
+    return size
+
+
+def counted(fn: Callable, *, kind: str = "nfe", cost: Callable[..., Any] = batch_size) -> Callable:
+    """Wrap ``fn`` so each call adds ``cost(*args)`` to the open ledger under ``kind``.
+
+    Wrapping an already counted function returns it unchanged, so samplers can wrap whatever the user
+    passes without double counting.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; accepted: {', '.join(map(repr, KINDS))}")
+    if not callable(fn):
+        raise TypeError(f"counted expects a callable, got {type(fn).__name__}")
+    if getattr(fn, _COUNTED_ATTR, None) == kind:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        stack = _stack()
+        if stack:
+            stack[-1].add(kind, cost(*args, **kwargs))
+        return out
+
+    setattr(wrapped, _COUNTED_ATTR, kind)
+    return wrapped
+
+
+def _with_counts(fn: Callable) -> Callable:
+    """``fn`` returning ``(out, totals)`` where totals are the counts of calls traced inside it."""
+
+    def inner(*args, **kwargs):
+        with ledger() as led:
+            out = fn(*args, **kwargs)
+        return out, led.totals()
+
+    return inner
+
+
+def vmap(fn: Callable, in_axes=0, out_axes=0, axis_size: int | None = None) -> Callable:
+    """``jax.vmap`` that sums the counts of calls inside ``fn`` over the mapped axis."""
+    mapped = jax.vmap(_with_counts(fn), in_axes=in_axes, out_axes=(out_axes, 0), axis_size=axis_size)
+
+    def outer(*args, **kwargs):
+        out, counts = mapped(*args, **kwargs)
+        record({k: v.sum() for k, v in counts.items()})
+        return out
+
+    return outer
+
+
+def scan(f: Callable, init, xs=None, length: int | None = None, **kwargs):
+    """``lax.scan`` whose body's counts are added once per iteration."""
+    body = _with_counts(f)
+
+    def counting_body(carry, x):
+        state, total = carry
+        (state, y), counts = body(state, x)
+        return (state, jax.tree.map(jnp.add, total, counts)), y
+
+    zeros = {k: jnp.zeros((), jnp.int32) for k in KINDS}
+    (final, total), ys = lax.scan(counting_body, (init, zeros), xs, length=length, **kwargs)
+    record(total)
+    return final, ys
+
+
+def while_loop(cond_fun: Callable, body_fun: Callable, init_val):
+    """``lax.while_loop`` whose body's counts are added once per iteration actually run."""
+    body = _with_counts(body_fun)
+
+    def counting_body(carry):
+        val, total = carry
+        val, counts = body(val)
+        return val, jax.tree.map(jnp.add, total, counts)
+
+    zeros = {k: jnp.zeros((), jnp.int32) for k in KINDS}
+    final, total = lax.while_loop(lambda c: cond_fun(c[0]), counting_body, (init_val, zeros))
+    record(total)
+    return final
+
+
+def switch(index, branches, *operands):
+    """``lax.switch`` counting only the branch taken."""
+    out, counts = lax.switch(index, [_with_counts(b) for b in branches], *operands)
+    record(counts)
+    return out
+
+
+def cond(pred, true_fun: Callable, false_fun: Callable, *operands):
+    """``lax.cond`` counting only the branch taken."""
+    out, counts = lax.cond(pred, _with_counts(true_fun), _with_counts(false_fun), *operands)
+    record(counts)
+    return out
+
+
+def eval_shape(fn: Callable, *args, **kwargs):
+    """``jax.eval_shape`` of a function that may call counted functions (its counts are discarded)."""
+    return jax.eval_shape(lambda *a, **k: _with_counts(fn)(*a, **k)[0], *args, **kwargs)

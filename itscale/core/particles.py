@@ -1,0 +1,34 @@
+"""``particles(sampler, N)``: run N independent copies of a sampler, vectorised with ``vmap``.
+
+Every state leaf gains a leading particle axis of static size N; particle ``i`` gets key
+``split(fold_in(key, step), N)[i]``, so results do not depend on how particles are sharded. NFE is
+summed over particles (N copies of a batch-b call count N·b).
+"""
+
+from __future__ import annotations
+
+import jax
+
+from itscale.core import checks, counting
+from itscale.core.keys import split_per_particle
+from itscale.core.sampler import Sampler
+
+
+def particles(sampler: Sampler, num_particles: int) -> Sampler:
+    """Vectorise ``sampler`` over ``num_particles`` particles; ``x`` must lead with that axis."""
+    if not isinstance(sampler, Sampler):
+        raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
+    n = checks.positive_int("num_particles", num_particles)
+
+    def init(key, x, params):
+        for leaf in jax.tree.leaves(x):
+            if leaf.ndim == 0 or leaf.shape[0] != n:
+                raise ValueError(f"x must lead with the particle axis of size num_particles={n}, "
+                                 f"got a leaf of shape {leaf.shape}")
+        return counting.vmap(sampler.init, in_axes=(0, 0, None))(split_per_particle(key, n), x, params)
+
+    def step(key, state, ctx, params):
+        one = lambda k, s: sampler.step(k, s, ctx, params)  # noqa: E731
+        return counting.vmap(one)(split_per_particle(key, n), state)
+
+    return Sampler(init, step, counting.vmap(sampler.finalize), sampler.params)

@@ -1,0 +1,209 @@
+"""``its.run``: the one jitted loop that drives every sampler.
+
+``run(sampler, key, x, num_steps=n)`` computes ``state = init(k0, x, params)``, then ``n`` times
+``state, info = step(fold_in(k1, i), state, StepContext(i, n), params)`` inside one ``lax.scan``,
+then ``output = finalize(state)``. ``num_steps`` is static (one compilation per budget, whatever the
+values in ``params``). Network evaluations and verifier calls are counted by the ledgers of
+:mod:`itscale.core.counting`; non-finite values in the state are counted after every step.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from itscale.core import checks, counting
+from itscale.core.keys import as_key, step_key
+from itscale.core.sampler import Sampler, StepContext
+
+
+class SaveAt(NamedTuple):
+    """What ``run`` records: ``fn(state)`` (default: the state) after every ``every``-th step."""
+
+    every: int = 1
+    fn: Callable[[Any], Any] | None = None
+
+
+class Trace(NamedTuple):
+    """Recorded steps: ``step`` (1-based count of steps done), ``state`` (or ``fn(state)``), ``info``."""
+
+    step: jax.Array
+    state: Any
+    info: Any
+
+
+class Stats(NamedTuple):
+    """Compute spent and health of a run (all arrays, so ``Result`` is a pytree).
+
+    nfe: network evaluations, one per sample per model call (one per token position for LMs),
+        summed over ``init``, every step and ``finalize``.
+    nfe_per_sample: ``nfe`` divided by the number of samples (leading axis of ``x``).
+    verifier_calls: reward / verifier evaluations, one per sample scored.
+    steps: number of steps run.
+    nonfinite: number of non-finite floating values seen in the state after the steps (0: clean run).
+    first_nonfinite_step: first step (0-based) after which the state held a non-finite value, or -1.
+    """
+
+    nfe: jax.Array
+    nfe_per_sample: jax.Array
+    verifier_calls: jax.Array
+    steps: jax.Array
+    nonfinite: jax.Array
+    first_nonfinite_step: jax.Array
+
+
+class Result(NamedTuple):
+    """``output`` of ``finalize``, ``stats`` (:class:`Stats`) and ``trace`` (:class:`Trace` or None)."""
+
+    output: Any
+    stats: Stats
+    trace: Trace | None
+
+
+class _Tally(NamedTuple):
+    nfe: jax.Array
+    verifier_calls: jax.Array
+    nonfinite: jax.Array
+    first_nonfinite_step: jax.Array
+
+    @classmethod
+    def zeros(cls) -> "_Tally":
+        zero = jnp.zeros((), jnp.int32)
+        return cls(zero, zero, zero, jnp.full((), -1, jnp.int32))
+
+    def add_counts(self, counts: dict[str, jax.Array]) -> "_Tally":
+        return self._replace(nfe=self.nfe + counts["nfe"],
+                             verifier_calls=self.verifier_calls + counts["verifier"])
+
+    def add_state(self, state, step) -> "_Tally":
+        bad = count_nonfinite(state)
+        first = jnp.where((self.first_nonfinite_step < 0) & (bad > 0), step, self.first_nonfinite_step)
+        return self._replace(nonfinite=self.nonfinite + bad, first_nonfinite_step=first.astype(jnp.int32))
+
+
+def count_nonfinite(tree) -> jax.Array:
+    """Number of non-finite values among the floating leaves of ``tree``."""
+    counts = [jnp.sum(~jnp.isfinite(leaf), dtype=jnp.int32) for leaf in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return sum(counts, jnp.zeros((), jnp.int32))
+
+
+def _as_saveat(trace) -> SaveAt | None:
+    if trace is None:
+        return None
+    if isinstance(trace, SaveAt):
+        checks.positive_int("trace.every", trace.every)
+        if trace.fn is not None and not callable(trace.fn):
+            raise TypeError(f"trace.fn must be callable, got {type(trace.fn).__name__}")
+        return trace
+    if isinstance(trace, bool):
+        raise TypeError("trace must be None, an int k (every k-th state), a function of the state or a SaveAt")
+    if isinstance(trace, int):
+        return SaveAt(every=checks.positive_int("trace", trace))
+    if callable(trace):
+        return SaveAt(every=1, fn=trace)
+    raise TypeError("trace must be None, an int k (every k-th state), a function of the state or a "
+                    f"SaveAt, got {type(trace).__name__}")
+
+
+def _canonical_params(sampler: Sampler, params):
+    """User ``params`` checked against the sampler's defaults and cast to their dtypes (no retrace)."""
+    default = sampler.params
+    if params is None:
+        params = default
+    elif default is not None:
+        checks.same_structure("params", params, default)
+        return jax.tree.map(lambda p, d: jnp.asarray(p, dtype=jnp.asarray(d).dtype), params, default)
+    return jax.tree.map(lambda p: jnp.asarray(p, dtype=jnp.asarray(p).dtype), params)
+
+
+def _num_samples(x) -> int:
+    leaves = jax.tree.leaves(x)
+    if not leaves:
+        raise ValueError("x must hold at least one array (the noise or the prompts to start from)")
+    shape = jnp.shape(leaves[0])
+    return int(shape[0]) if shape else 1
+
+
+def run(sampler: Sampler, key, x, *, num_steps: int, params=None, trace=None) -> Result:
+    """Run ``sampler`` for ``num_steps`` (static) steps from ``x``; see the module docstring.
+
+    Args:
+      sampler: an :class:`itscale.Sampler`.
+      key: a PRNG key; the same key gives the same result.
+      x: starting point (noise of shape (batch, ...) or prompts), a pytree of arrays.
+      num_steps: static positive int; one compilation per value.
+      params: hyper-parameter pytree, same structure as ``sampler.params`` (its default when None);
+        traced, so new values never recompile.
+      trace: None (record nothing), an int k (record the state every k steps), a function of the
+        state (record its value every step) or :class:`SaveAt`.
+    """
+    if not isinstance(sampler, Sampler):
+        raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
+    num_steps = checks.positive_int("num_steps", num_steps)
+    key = as_key("key", key)
+    save = _as_saveat(trace)
+    if save is not None and save.every > num_steps:
+        raise ValueError(f"trace every={save.every} records nothing in num_steps={num_steps} steps; "
+                         "use every <= num_steps")
+    x = jax.tree.map(jnp.asarray, x)
+    params = _canonical_params(sampler, params)
+    return _run(sampler._replace(params=None), num_steps, save, key, x, params)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _run(sampler: Sampler, num_steps: int, save: SaveAt | None, key, x, params) -> Result:
+    init_key, loop_key = jax.random.split(key)
+    with counting.ledger() as led:
+        state = sampler.init(init_key, x, params)
+    tally = _Tally.zeros().add_counts(led.totals())
+
+    def one_step(state, step):
+        with counting.ledger() as led:
+            state, info = sampler.step(step_key(loop_key, step), state, StepContext(step, num_steps), params)
+        return state, info, led.totals()
+
+    def body(carry, step):
+        state, tally = carry
+        state, info, counts = one_step(state, step)
+        return (state, tally.add_counts(counts).add_state(state, step)), info
+
+    def steps(carry, start, length):
+        """``length`` steps from ``start``; returns the carry and the last step's info."""
+        carry, infos = lax.scan(body, carry, start + jnp.arange(length, dtype=jnp.int32))
+        return carry, jax.tree.map(lambda a: a[-1], infos)
+
+    carry = (state, tally)
+    recorded = None
+    if save is None:
+        carry = lax.scan(lambda c, s: (body(c, s)[0], None), carry,
+                         jnp.arange(num_steps, dtype=jnp.int32))[0]
+    else:
+        # Blocks of ``every`` steps, recording after each; the infos of a block are transient.
+        k, num_records = save.every, num_steps // save.every
+        record_fn = save.fn if save.fn is not None else (lambda s: s)
+
+        def block(carry, i):
+            carry, info = steps(carry, i * k, k)
+            return carry, Trace((i + 1) * k, record_fn(carry[0]), info)
+
+        carry, recorded = lax.scan(block, carry, jnp.arange(num_records, dtype=jnp.int32))
+        if num_steps % k:
+            carry, _ = steps(carry, num_records * k, num_steps % k)
+
+    state, tally = carry
+    with counting.ledger() as led:
+        output = sampler.finalize(state)
+    tally = tally.add_counts(led.totals())
+    stats = Stats(nfe=tally.nfe,
+                  nfe_per_sample=tally.nfe / _num_samples(x),
+                  verifier_calls=tally.verifier_calls,
+                  steps=jnp.asarray(num_steps, jnp.int32),
+                  nonfinite=tally.nonfinite,
+                  first_nonfinite_step=tally.first_nonfinite_step)
+    return Result(output, stats, recorded)

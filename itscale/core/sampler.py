@@ -1,0 +1,44 @@
+"""The one abstraction of itscale: a sampler transform as a tuple of pure functions.
+
+Like optax's ``GradientTransformation`` and blackjax's ``SamplingAlgorithm``, a :class:`Sampler` is a
+NamedTuple of pure functions over a pytree state:
+
+* ``init(key, x, params) -> state``                 start from noise / a prompt ``x``
+* ``step(key, state, ctx, params) -> (state, info)`` one refinement / token / resampling step;
+  ``ctx`` is a :class:`StepContext` (traced step index, static number of steps); ``info`` holds
+  per-step diagnostics and is not carried between steps
+* ``finalize(state) -> output``                     what the user gets back
+
+``params`` is a pytree of hyper-parameters (temperature, guidance, λ, …) traced by ``its.run`` so that
+changing their values never recompiles; a sampler declares its defaults in the optional fourth field
+``params`` and ``its.run`` checks that a user's ``params`` has the same structure. Budgets (numbers of
+steps, particles, tokens) are static Python ints fixed when the sampler is built or run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+
+class StepContext(NamedTuple):
+    """Where a step is in the loop: ``step`` is traced (0-based), ``num_steps`` is a static int."""
+
+    step: jax.Array
+    num_steps: int
+
+
+class Sampler(NamedTuple):
+    """``Sampler(init, step, finalize, params=None)``: see the module docstring."""
+
+    init: Callable[..., Any]
+    step: Callable[..., Any]
+    finalize: Callable[[Any], Any]
+    params: Any = None
+
+
+def identity_finalize(state):
+    """``finalize`` for samplers whose state is their output."""
+    return state

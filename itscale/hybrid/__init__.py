@@ -1,0 +1,1 @@
+"""itscale.hybrid."""
