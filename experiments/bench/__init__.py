@@ -1,0 +1,1 @@
+"""Benchmarks: ratios against the bare network cost and against peers, measured in one run."""

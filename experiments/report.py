@@ -1,0 +1,62 @@
+"""``python -m experiments.report [--quick] [--out results]``: run every study, write the report.
+
+Each study in ``STUDIES`` is a module exposing ``study(out_dir, *, quick) -> StudyResult`` on embedded
+default tasks (analytic models, data shipped with packages, models trained here; no downloads).
+Writes ``results/report.md`` (one section per study, PNG plots beside it) and ``results/figures.json``
+(every figure), atomically. Sweeps inside studies resume where an interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pathlib
+import time
+
+from experiments.common import StudyResult, write_json_atomic, write_text_atomic
+
+STUDIES = [
+]
+
+
+def run_studies(out_dir: pathlib.Path, quick: bool, only: list[str] | None = None) -> list[StudyResult]:
+    """Run the registered studies (or those whose module name ends with one of ``only``)."""
+    from tqdm import tqdm
+
+    names = [s for s in STUDIES if not only or any(s.endswith(o) for o in only)]
+    results = []
+    for name in (bar := tqdm(names, desc="studies", unit="study")):
+        bar.set_postfix_str(name.rsplit(".", 1)[-1])
+        start = time.perf_counter()
+        result = importlib.import_module(name).study(out_dir, quick=quick)
+        results.append(result._replace(figures={**result.figures, "seconds": time.perf_counter() - start}))
+    return results
+
+
+def render(results: list[StudyResult], quick: bool) -> str:
+    """The markdown report: a header, then each study's section and plots."""
+    lines = ["# itscale report", "",
+             f"Mode: {'quick' if quick else 'full'}. Every number below is computed by the run that wrote "
+             "this file; figures are also in `figures.json`.", ""]
+    if not results:
+        lines.append("No studies are registered yet.")
+    for r in results:
+        lines += [f"## {r.title}", "", r.markdown.strip(), ""]
+        lines += [f"![{p}]({p})" for p in r.plots] + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sweeps (about a minute per study)")
+    parser.add_argument("--only", nargs="*", help="study module names (suffixes) to run")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results"))
+    args = parser.parse_args(argv)
+    results = run_studies(args.out, args.quick, args.only)
+    write_text_atomic(args.out / "report.md", render(results, args.quick))
+    write_json_atomic(args.out / "figures.json", {r.title: r.figures for r in results})
+    print(f"wrote {args.out / 'report.md'} ({len(results)} studies)")
+
+
+if __name__ == "__main__":
+    main()
