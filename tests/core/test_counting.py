@@ -1,0 +1,128 @@
+"""NFE accounting is exact under vmap, scan, cond, switch and while_loop, and refuses to miscount."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import itscale as its
+from itscale import core
+
+
+def model(x, t=0.0):
+    return 0.5 * x
+
+
+def run_step(step_fn, x, num_steps=3):
+    sampler = its.Sampler(lambda k, x, p: x, lambda k, s, ctx, p: (step_fn(s, ctx), {}), lambda s: s)
+    return its.run(sampler, jax.random.key(0), x, num_steps=num_steps)
+
+
+def test_plain_calls_count_batch_size_per_step():
+    f = core.counted(model)
+    result = run_step(lambda x, ctx: f(f(x)), jnp.ones((5, 2)))
+    assert int(result.stats.nfe) == 2 * 5 * 3
+
+
+def test_vmap_sums_over_the_mapped_axis():
+    f = core.counted(model)
+    result = run_step(lambda x, ctx: core.vmap(f)(x), jnp.ones((4, 6, 2)))  # 4 groups of batch 6
+    assert int(result.stats.nfe) == 4 * 6 * 3
+
+
+def test_scan_counts_every_iteration():
+    f = core.counted(model)
+
+    def step(x, ctx):
+        return core.scan(lambda c, _: (f(c), None), x, None, length=7)[0]
+
+    assert int(run_step(step, jnp.ones((2, 2))).stats.nfe) == 7 * 2 * 3
+
+
+def test_cond_counts_only_the_branch_taken_at_run_time():
+    f = core.counted(model)
+
+    def step(x, ctx):  # two calls on even steps, none on odd steps
+        return core.cond(ctx.step % 2 == 0, lambda y: f(f(y)), lambda y: y, x)
+
+    assert int(run_step(step, jnp.ones((3, 2)), num_steps=5).stats.nfe) == 3 * 2 * 3  # steps 0, 2, 4
+
+
+def test_switch_and_while_loop_count_what_runs():
+    f = core.counted(model)
+
+    def step(x, ctx):
+        x = core.switch(ctx.step, [lambda y: f(y), lambda y: f(f(y)), lambda y: y], x)
+        # data-dependent loop: halve until the max entry is below 1 (starting from 16: 5 calls)
+        return core.while_loop(lambda y: jnp.max(y) >= 1.0, f, x * 0 + 16.0)
+
+    result = run_step(step, jnp.ones((2, 2)), num_steps=3)
+    assert int(result.stats.nfe) == 2 * ((1 + 2 + 0) + 3 * 5)
+
+
+def test_nested_vmap_inside_scan_multiplies():
+    f = core.counted(model)
+
+    def step(x, ctx):
+        return core.scan(lambda c, _: (core.vmap(f)(c), None), x, None, length=2)[0]
+
+    assert int(run_step(step, jnp.ones((3, 4, 1))).stats.nfe) == 2 * 3 * 4 * 3
+
+
+@pytest.mark.parametrize("transform", [
+    lambda f, x: jax.vmap(f)(x),
+    lambda f, x: lax.cond(True, f, lambda y: y, x),
+    lambda f, x: lax.scan(lambda c, _: (f(c), None), x, None, length=2)[0],
+])
+def test_raw_transforms_inside_a_step_refuse_to_miscount(transform):
+    f = core.counted(model)
+    with pytest.raises(RuntimeError, match="itscale.core.vmap"):
+        run_step(lambda x, ctx: transform(f, x), jnp.ones((2, 2)))
+
+
+def test_gradients_of_counted_functions_count_the_forward_call():
+    f = core.counted(lambda x: jnp.sum(x ** 2), cost=lambda x: x.shape[0])
+    result = run_step(lambda x, ctx: x - 0.1 * jax.grad(f)(x), jnp.ones((4, 2)))
+    assert int(result.stats.nfe) == 4 * 3
+
+
+def test_wrapping_twice_does_not_double_count_and_kinds_are_separate():
+    f = core.counted(core.counted(model))
+    reward = core.counted(lambda x: x.sum(-1), kind="verifier")
+
+    def step(x, ctx):
+        return f(x) + reward(x)[:, None], {}
+
+    sampler = its.Sampler(lambda k, x, p: x, lambda k, s, ctx, p: step(s, ctx), lambda s: s)
+    result = its.run(sampler, jax.random.key(0), jnp.ones((3, 2)), num_steps=4)
+    assert int(result.stats.nfe) == 12 and int(result.stats.verifier_calls) == 12
+
+
+def test_token_positions_cost_and_init_finalize_calls_are_counted():
+    logits = core.counted(lambda tokens, cache: (jnp.zeros(tokens.shape + (5,)), cache), cost=core.token_positions)
+
+    def init(key, prompts, params):
+        logits(prompts, None)  # prefill: batch × prompt length positions
+        return prompts
+
+    def step(key, tokens, ctx, params):
+        logits(tokens[:, -1:], None)
+        return tokens, {}
+
+    sampler = its.Sampler(init, step, lambda s: logits(s, None)[0].shape)
+    result = its.run(sampler, jax.random.key(0), jnp.zeros((2, 7), jnp.int32), num_steps=4)
+    assert int(result.stats.nfe) == 2 * 7 + 4 * 2 + 2 * 7
+
+
+def test_counted_functions_behave_normally_outside_a_run():
+    f = core.counted(model)
+    np.testing.assert_array_equal(f(jnp.ones(3)), 0.5 * jnp.ones(3))
+    np.testing.assert_array_equal(jax.vmap(f)(jnp.ones((2, 3))), 0.5 * jnp.ones((2, 3)))
+
+
+def test_counted_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="kind"):
+        core.counted(model, kind="flops")
+    with pytest.raises(TypeError, match="callable"):
+        core.counted(3)
