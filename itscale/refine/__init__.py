@@ -1,1 +1,14 @@
-"""itscale.refine."""
+"""Refinement-axis samplers: ODE solvers of the flow ODE, SDE samplers, predictor-corrector moves."""
+
+from itscale.refine.ddpm import ddpm
+from itscale.refine.diffrax_bridge import adaptive, diffrax_ode
+from itscale.refine.diffusion_coefficients import diffusion_coefficient
+from itscale.refine.interpolant import convert_path
+from itscale.refine.langevin import langevin
+from itscale.refine.ode import ode
+from itscale.refine.restart import restart
+from itscale.refine.sde import sde
+from itscale.refine.solvers import SOLVERS, Solver
+
+__all__ = ["SOLVERS", "Solver", "adaptive", "convert_path", "ddpm", "diffrax_ode", "diffusion_coefficient", "langevin",
+           "ode", "restart", "sde"]

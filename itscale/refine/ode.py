@@ -1,0 +1,106 @@
+"""``its.refine.ode``: integrate the flow ODE dx/dt = u(x, t) from t_max (noise) to t_min (data).
+
+``ode(velocity_fn, solver, grid, path)`` returns an :class:`itscale.Sampler`; ``its.run(sampler, key,
+x1, num_steps=n)`` makes ``n`` solver steps over the grid's ``n + 1`` times and returns x at t_min.
+The velocity follows the path convention u = alpha_dot x0 + sigma_dot eps (``itscale.paths``).
+
+Solvers (``SOLVERS[name]`` declares ``order`` and ``nfe_per_step``):
+
+=================== ===== ===== ==========================================================
+name                order NFE   notes
+=================== ===== ===== ==========================================================
+euler               1     1     explicit Runge--Kutta in t
+midpoint            2     2
+heun                2     2     (EDM's second-order step)
+rk4                 4     4
+ddim                1     1     needs ``path``; ``params["eta"]`` > 0 makes it stochastic
+dpm_solver_pp_2m    2     1     needs ``path``; multistep, history in the state
+unipc               3     1     needs ``path``; UniPC-2 (bh2) predictor--corrector
+=================== ===== ===== ==========================================================
+
+``grid``: a kind name (``"uniform"``, ``"quadratic"``, ``"karras"``, ``"log_snr"``: the
+:class:`itscale.paths.Grid` defaults, t_max = 1 and t_min = 1e-3, which keeps VP velocities finite;
+``karras`` and ``log_snr`` need ``path``), a :class:`itscale.paths.Grid`, or an explicit strictly
+decreasing 1-D array of times in [0, 1] (then ``num_steps`` must be ``len(times) - 1``).
+
+State: a NamedTuple whose leaves are all shaped like ``x`` (batch leading), with field ``x``; multistep
+solvers also keep their earlier model outputs there (the first step uses a lower order). ``info``:
+``{"x0_hat": ...}`` (the denoised estimate at the pre-step state, from the step's first model call)
+when ``path`` is given, ``{}`` otherwise; DDIM adds ``"log_prob"`` (see :mod:`solvers.ddim`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from itscale.core import checks
+from itscale.core.counting import counted
+from itscale.core.sampler import Sampler
+from itscale.paths.grids import Grid, check_times
+from itscale.paths.grids import grid as as_grid
+from itscale.paths.path import Path
+from itscale.refine.solvers import SOLVERS, Clock, Model
+
+_GRIDS_NEEDING_PATH = ("karras", "log_snr")
+
+
+def _times_rule(grid, path: Path | None) -> Callable[[int, jnp.dtype], jax.Array]:
+    """``rule(num_steps, dtype)`` -> the ``num_steps + 1`` decreasing times (a constant at trace time)."""
+    if isinstance(grid, (str, Grid)):
+        rule = as_grid(grid)
+        if rule.kind in _GRIDS_NEEDING_PATH and path is None:
+            raise ValueError(f"grid kind {rule.kind!r} is defined through the path's log-SNR; pass path= "
+                             f"(e.g. itscale.paths.vp()) or use grid='uniform' / 'quadratic'")
+        return lambda n, dtype: rule.times(n, path, dtype=dtype)
+    times = np.asarray(check_times("grid", grid))
+
+    def explicit(n, dtype):
+        if n != times.shape[0] - 1:
+            raise ValueError(f"grid holds {times.shape[0]} times, i.e. {times.shape[0] - 1} steps; run the "
+                             f"sampler with num_steps={times.shape[0] - 1}, got num_steps={n}")
+        return jnp.asarray(times, dtype)
+
+    return explicit
+
+
+def ode(velocity_fn: Callable, solver: str = "euler", grid="uniform", path: Path | None = None) -> Sampler:
+    """A sampler integrating dx/dt = velocity_fn(x, t) from t_max to t_min; see the module docstring.
+
+    Args:
+      velocity_fn: ``fn(x, t) -> u`` with ``u`` of ``x``'s shape and dtype; ``t`` is passed as a scalar.
+      solver: one of ``SOLVERS`` (``"euler"``, ``"heun"``, ``"midpoint"``, ``"rk4"``, ``"ddim"``,
+        ``"dpm_solver_pp_2m"``, ``"unipc"``).
+      grid: a grid kind name, an :class:`itscale.paths.Grid`, or an explicit decreasing array of times.
+      path: the :class:`itscale.paths.Path` of the model; required by ``ddim``, ``dpm_solver_pp_2m``,
+        ``unipc`` and by the ``karras`` / ``log_snr`` grids; enables ``info["x0_hat"]`` for all solvers.
+    """
+    if not callable(velocity_fn):
+        raise TypeError(f"velocity_fn must be a callable fn(x, t) -> velocity, got "
+                        f"{type(velocity_fn).__name__}")
+    spec = SOLVERS[checks.choice("solver", solver, SOLVERS)]
+    if path is not None and not isinstance(path, Path):
+        raise TypeError(f"path must be an itscale.paths.Path (e.g. itscale.paths.linear()) or None, "
+                        f"got {path!r}")
+    if spec.needs_path and path is None:
+        raise ValueError(f"solver {solver!r} works with x0 / eps predictions converted from the velocity and "
+                         f"needs the model's path: pass path=itscale.paths.linear() (or vp(), ...)")
+    times_rule = _times_rule(grid, path)
+    model = Model(counted(velocity_fn), path)
+
+    def init(key, x, params):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+            raise TypeError(f"x must be a floating array (the noise at t_max), got dtype "
+                            f"{jnp.result_type(x)}")
+        if jnp.ndim(x) < 1:
+            raise ValueError("x must have a leading batch axis, got a scalar")
+        return spec.init(x)
+
+    def step(key, state, ctx, params):
+        times = times_rule(ctx.num_steps, state.x.dtype)
+        return spec.step(model, state, Clock(times, ctx.step), key, params)
+
+    return Sampler(init, step, lambda state: state.x, spec.params)

@@ -1,0 +1,93 @@
+"""What every ODE solver shares: its static declaration, the model it calls and the clock it reads.
+
+A solver is a :class:`Solver` record (its name, declared ``order`` and ``nfe_per_step``, whether it
+needs the path, default hyper-parameters) plus two pure functions,
+
+* ``init(x) -> state``                                    a NamedTuple, every leaf shaped like ``x``
+* ``step(model, state, clock, key, params) -> (state, info)``  one step from ``clock.t()`` to ``clock.t(1)``
+
+that :func:`itscale.refine.ode` turns into an :class:`itscale.Sampler`. The declarations are what the
+convergence tests measure against (as diffrax's solvers declare ``order()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from itscale.core import checks
+from itscale.paths import conversions
+from itscale.paths.path import Path
+
+
+class Solver(NamedTuple):
+    """Static description of an ODE solver, read by ``ode`` and by the tests.
+
+    order: global order of accuracy p (error at t_min = O(h^p) on a smooth grid).
+    nfe_per_step: network evaluations per step and per sample.
+    needs_path: whether the step needs x0 / eps predictions (exponential integrators).
+    params: default hyper-parameters (traced: changing them never recompiles), or None.
+    reference: the paper the update rule comes from.
+    """
+
+    name: str
+    order: int
+    nfe_per_step: int
+    needs_path: bool
+    init: Callable[[jax.Array], Any]
+    step: Callable[..., tuple[Any, dict]]
+    params: Any = None
+    reference: str = ""
+
+
+class Model(NamedTuple):
+    """The velocity model u(x, t) = alpha_dot x0 + sigma_dot eps, with the path when one is known."""
+
+    velocity_fn: Callable  # already ``itscale.core.counted``
+    path: Path | None
+
+    def velocity(self, x, t) -> jax.Array:
+        """u(x, t), checked (at trace time) to have the shape and dtype of ``x``."""
+        u = self.velocity_fn(x, t)
+        checks.model_output("velocity_fn", u, x)
+        return u
+
+    def x0(self, u, x, t) -> jax.Array:
+        """x0_hat = (sigma u - sigma_dot x) / (alpha_dot sigma - alpha sigma_dot)."""
+        return conversions.x0_from_velocity(self.path, u, x, t)
+
+    def eps(self, u, x, t) -> jax.Array:
+        """eps_hat = (alpha_dot x - alpha u) / (alpha_dot sigma - alpha sigma_dot)."""
+        return conversions.eps_from_velocity(self.path, u, x, t)
+
+    def info(self, u, x, t) -> dict:
+        """The step's info: ``{"x0_hat": ...}`` at the pre-step state when the path is known, else ``{}``."""
+        return {} if self.path is None else {"x0_hat": self.x0(u, x, t)}
+
+    def alpha_sigma(self, t, x) -> tuple[jax.Array, jax.Array]:
+        """(alpha(t), sigma(t)) in ``x``'s dtype."""
+        alpha, sigma, _, _ = self.path.coefficients(t, x)
+        return alpha, sigma
+
+    def half_log_snr(self, t, x) -> jax.Array:
+        """lambda(t) = log(alpha / sigma), the time of DPM-Solver (Lu et al. 2022, arXiv 2206.00927)."""
+        return (0.5 * self.path.log_snr(t)).astype(jnp.result_type(x))
+
+
+class Clock(NamedTuple):
+    """The grid ``times`` (t_0 = t_max > ... > t_n = t_min) and the traced index ``step`` of this step."""
+
+    times: jax.Array
+    step: jax.Array
+
+    def t(self, offset: int = 0) -> jax.Array:
+        """t_{step + offset}, clipped to the grid (multistep solvers mask what the clip makes up)."""
+        index = jnp.clip(self.step + offset, 0, self.times.shape[0] - 1)
+        return self.times[index]
+
+    def has_history(self, depth: int = 1) -> jax.Array:
+        """Whether ``depth`` earlier model evaluations exist (False in the first ``depth`` steps)."""
+        return self.step >= depth

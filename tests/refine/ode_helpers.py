@@ -1,0 +1,62 @@
+"""Shared by the ODE solver tests: cheap velocities, a 2-D Gaussian mixture with its exact velocity, a
+tight diffrax reference solve from the same noise, and the measured convergence order.
+
+The float64 reference helpers (``noise``, ``reference_solve``) need x64 enabled (the order tests set it).
+"""
+
+from __future__ import annotations
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import itscale as its
+from itscale.scaling.power_law import fit_power_law
+
+
+def decay(x, t):
+    """u = -x: Euler from t to t - h multiplies x by (1 + h)."""
+    return -x
+
+
+def wave(x, t):
+    """A cheap nonlinear, time-dependent velocity."""
+    return jnp.sin(3.0 * x) * t - x
+
+
+def x32(shape=(3, 2), seed: int = 0) -> jax.Array:
+    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+def mixture() -> its.models.GaussianMixture:
+    """Two well-overlapping components: the velocity is smooth enough that 8-32 steps are asymptotic."""
+    covs = 3.0 * jnp.array([[[0.3, 0.1], [0.1, 0.2]], [[0.25, -0.05], [-0.05, 0.4]]])
+    return its.models.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-1.0, 0.5], [1.5, -0.5]]), covs)
+
+
+def noise(batch: int = 16, dim: int = 2) -> jax.Array:
+    return jax.random.normal(jax.random.key(0), (batch, dim), jnp.float64)
+
+
+def reference_solve(velocity, x, t_start: float, t_end: float) -> jax.Array:
+    """x at t_end from x at t_start by Dopri8 (order 8) with rtol = atol = 1e-12."""
+    term = diffrax.ODETerm(lambda t, y, args: velocity(y, t))
+    solution = diffrax.diffeqsolve(term, diffrax.Dopri8(), t_start, t_end, (t_end - t_start) / 64, x,
+                                   stepsize_controller=diffrax.PIDController(rtol=1e-12, atol=1e-12),
+                                   max_steps=100_000)
+    return solution.ys[-1]
+
+
+def errors(sampler, x, reference, steps) -> np.ndarray:
+    """RMS error of ``its.run(sampler, ..., num_steps=n)`` against ``reference`` for each n in ``steps``."""
+    out = []
+    for n in steps:
+        result = its.run(sampler, jax.random.key(1), x, num_steps=n)
+        out.append(float(jnp.sqrt(jnp.mean((result.output - reference) ** 2))))
+    return np.asarray(out)
+
+
+def measured_order(steps, errs) -> float:
+    """The log-log slope b of err = a n^(-b) (least squares)."""
+    return fit_power_law(steps, errs).b

@@ -1,0 +1,110 @@
+"""``its.refine.ode``: exact NFE, declarations, state layout, errors on bad input, retracing."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import itscale as its
+from itscale.refine import SOLVERS
+from tests.refine.ode_helpers import decay, x32
+
+PATH = its.paths.linear()
+SOLVER_NAMES = list(SOLVERS)
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_nfe_is_exact_and_declared(solver):
+    sampler = its.refine.ode(decay, solver, path=PATH)
+    result = its.run(sampler, jax.random.key(0), x32((3, 2)), num_steps=5)
+    per_step = SOLVERS[solver].nfe_per_step
+    assert int(result.stats.nfe) == 3 * 5 * per_step
+    assert float(result.stats.nfe_per_sample) == 5 * per_step
+    assert result.output.shape == (3, 2) and result.output.dtype == jnp.float32
+    assert int(result.stats.nonfinite) == 0
+
+
+def test_declarations():
+    assert {n: (s.order, s.nfe_per_step) for n, s in SOLVERS.items()} == {
+        "euler": (1, 1), "heun": (2, 2), "midpoint": (2, 2), "rk4": (4, 4), "ddim": (1, 1),
+        "dpm_solver_pp_2m": (2, 1), "unipc": (3, 1)}
+    assert [n for n, s in SOLVERS.items() if s.needs_path] == ["ddim", "dpm_solver_pp_2m", "unipc"]
+
+
+def test_euler_closed_form_on_uniform_grid():
+    """u = -x: each Euler step from t to t - h multiplies x by (1 + h)."""
+    times = np.linspace(1.0, 0.0, 11)
+    result = its.run(its.refine.ode(decay, "euler", grid=times), jax.random.key(0), jnp.ones((2, 2)),
+                     num_steps=10)
+    np.testing.assert_allclose(result.output, 1.1**10 * np.ones((2, 2)), rtol=1e-6)
+
+
+def test_info_is_empty_without_path():
+    result = its.run(its.refine.ode(decay, "rk4"), jax.random.key(0), x32(), num_steps=2, trace=1)
+    assert result.trace.info == {}
+
+
+def test_state_leaves_lead_with_the_batch_axis():
+    for solver in SOLVER_NAMES:
+        state = its.refine.ode(decay, solver, path=PATH).init(jax.random.key(0), x32((5, 2)), None)
+        assert "x" in state._fields
+        assert all(leaf.shape == (5, 2) for leaf in jax.tree.leaves(state)), solver
+
+
+def test_same_budget_new_inputs_do_not_retrace():
+    base = its.refine.ode(decay, "dpm_solver_pp_2m", path=PATH)
+    sampler = base._replace(step=chex.assert_max_traces(base.step, n=1))
+    for seed in range(3):
+        its.run(sampler, jax.random.key(seed), x32(seed=seed), num_steps=4)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_unknown_solver_lists_the_choices():
+    with pytest.raises(ValueError, match="solver.*'euler'.*'unipc'"):
+        its.refine.ode(decay, "rk45")
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpm_solver_pp_2m", "unipc"])
+def test_exponential_solvers_name_the_missing_path(solver):
+    with pytest.raises(ValueError, match="path="):
+        its.refine.ode(decay, solver)
+
+
+BAD_GRIDS = [([1.0, 0.5, 0.7, 0.0], "decreasing"), ([0.0, 0.5, 1.0], "decreasing"),
+             ([1.2, 0.5, 0.0], r"\[0, 1\]"), ([[1.0, 0.0]], "1-D")]
+
+
+@pytest.mark.parametrize("times, match", BAD_GRIDS)
+def test_bad_explicit_grid(times, match):
+    with pytest.raises(ValueError, match=match):
+        its.refine.ode(decay, "euler", grid=np.asarray(times))
+
+
+def test_explicit_grid_fixes_the_number_of_steps():
+    sampler = its.refine.ode(decay, "euler", grid=np.linspace(1.0, 0.0, 5))
+    with pytest.raises(ValueError, match="num_steps=4"):
+        its.run(sampler, jax.random.key(0), x32(), num_steps=6)
+
+
+def test_bad_grid_kind_and_grid_needing_path():
+    with pytest.raises(ValueError, match="grid.*'uniform'"):
+        its.refine.ode(decay, "euler", grid="cosine")
+    with pytest.raises(ValueError, match="path="):
+        its.refine.ode(decay, "euler", grid="log_snr")
+
+
+def test_bad_arguments_are_typed():
+    with pytest.raises(TypeError, match="velocity_fn"):
+        its.refine.ode("not a function", "euler")
+    with pytest.raises(TypeError, match="path"):
+        its.refine.ode(decay, "euler", path="linear")
+    with pytest.raises(TypeError, match="floating"):
+        its.run(its.refine.ode(decay), jax.random.key(0), jnp.ones((2, 2), jnp.int32), num_steps=2)
+
+
+def test_model_output_shape_and_dtype_are_checked_before_compute():
+    with pytest.raises(ValueError, match="velocity_fn returned shape"):
+        its.run(its.refine.ode(lambda x, t: x[:, :1]), jax.random.key(0), x32(), num_steps=2)
+    with pytest.raises(TypeError, match="velocity_fn returned dtype"):
+        its.run(its.refine.ode(lambda x, t: x.astype(jnp.float16)), jax.random.key(0), x32(), num_steps=2)
