@@ -1,0 +1,217 @@
+"""``smc(sampler, reward_fn, num_particles=N)``: Feynman–Kac steering / SMC over any sampler.
+
+Targets p(x_0) exp(λ r(x_0)) / Z, where p is the law of the base sampler's output, and estimates
+log Z = log E_p[exp(λ r(x_0))] (Singhal et al. 2025, FK steering, arXiv 2501.06848; Wu et al. 2023,
+twisted diffusion sampler, arXiv 2306.17775; Del Moral 2004 for the estimator). Generic over every
+base sampler whose state leaves all lead with the particle/batch axis: refine (ODE/SDE) samplers
+and token rollouts alike. Run it on ``x`` of shape ``(num_particles, ...)``.
+
+One step, for particles with log-weights log W (steps run from noise t = T to data t = 0):
+
+1. ``state', info = sampler.step(key, state, ctx)``: the base model's own transition is the proposal,
+   so log p(x_t | x_{t+1}) − log q(x_t | x_{t+1}) = 0 and only potentials enter the weights.
+2. r = reward_fn(preview(state', info)). The default preview is ``info["x0_hat"]`` when the step
+   reports one: the model's denoised estimate at the *pre*-step state, so the potential is that of
+   the pre-step particle ("lagged"). Weighting and resampling the (pre, post) pairs by the pre-step
+   potential is the same as resample-then-move, because the move did not look at the weights.
+   Without ``x0_hat`` the default is ``sampler.finalize(state')`` (e.g. the tokens so far). At the
+   last step (``ctx.step == ctx.num_steps - 1``) the preview is always ``finalize(state')`` = x_0,
+   so the potentials telescope to exp(λ r(x_0)) (see :mod:`itscale.search.potentials`).
+3. log W += Ψ_t − Ψ_{t+1} (incremental log-weight of the chosen potential).
+4. If ESS(W) < ``ess_threshold`` · N (and this is not the last step): draw ancestors with the chosen
+   resampler, gather every leaf of the base state and of the potential state along axis 0, and set
+   every log W to log mean W. Hence log Ẑ = Σ_{resampling times} log mean W + log mean W_final
+   = log mean W_final, which is unbiased for Z (Del Moral 2004).
+
+``ess_threshold`` = 0 never resamples (importance sampling), 1 resamples after every step but the
+last. ``lam`` and ``ess_threshold`` live in ``params`` (traced: new values never recompile).
+``reward_fn`` maps a batch to rewards of shape (N,); it is counted as a verifier (N calls per step).
+A NaN or +inf reward is an invalid verdict: it is counted and the particle made impossible (−inf).
+If every weight becomes −inf, resampling falls back to uniform, log Ẑ = −inf, nothing is NaN, and
+``all_impossible`` reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from itscale.core import checks, counting
+from itscale.core import sharding as particle_sharding
+from itscale.core.sampler import Sampler
+from itscale.search import potentials, resampling
+
+_RESAMPLE_STREAM = 0x5EED  # fold-in constant: resampling key, distinct from the base step's key
+
+
+class SMCParams(NamedTuple):
+    """Traced hyper-parameters: the base sampler's ``params``, λ and the ESS/N threshold."""
+
+    base: Any
+    lam: Any = 1.0
+    ess_threshold: Any = 0.5
+
+
+class SMCState(NamedTuple):
+    """Base state and particle weights, stored without infinities so that ``stats.nonfinite`` of
+    ``its.run`` only counts real faults: ``alive`` is False for impossible particles (weight 0), whose
+    stored log-weight and potential values are placeholders (0).
+
+    potential: each particle's reward history (:class:`itscale.search.potentials.PotentialState`).
+    """
+
+    base: Any
+    log_weights: jax.Array
+    alive: jax.Array
+    potential: potentials.PotentialState
+    num_resamples: jax.Array
+    ever_all_impossible: jax.Array
+    invalid_rewards: jax.Array
+
+
+def _store(values):
+    """−inf -> 0 (placeholders of impossible particles); NaN and +inf are kept, to be counted."""
+    return jnp.where(values == -jnp.inf, jnp.zeros_like(values), values)
+
+
+def _log_weights(state: SMCState) -> jax.Array:
+    return jnp.where(state.alive, state.log_weights, -jnp.inf)
+
+
+class SMCOutput(NamedTuple):
+    """``particles``: the base sampler's finalized output for the N particles (leading axis N).
+
+    log_weights: normalised log-weights (logsumexp = 0; uniform if every particle is impossible).
+    log_normalizer: log Ẑ, the estimate of log E_p[exp(λ r(x_0))] (−inf if every particle died).
+    ess: effective sample size of the final weights. num_resamples: resampling events.
+    all_impossible: the final weights are all zero. ever_all_impossible: that happened at some step.
+    invalid_rewards: NaN / +inf rewards met (each made its particle impossible).
+    """
+
+    particles: Any
+    log_weights: jax.Array
+    log_normalizer: jax.Array
+    ess: jax.Array
+    num_resamples: jax.Array
+    all_impossible: jax.Array
+    ever_all_impossible: jax.Array
+    invalid_rewards: jax.Array
+
+
+def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential: str = "difference",
+        resample: str = "systematic", ess_threshold: float = 0.5, lam: float = 1.0,
+        preview: Callable[[Any, Any], Any] | None = None, mesh=None) -> Sampler:
+    """Sequential Monte Carlo / FK steering of ``sampler`` towards exp(λ·reward); see the module doc.
+
+    Args:
+      sampler: base :class:`itscale.Sampler` on a batch of particles (every state leaf leads with N).
+      reward_fn: batch -> rewards of shape (N,), higher is better; −inf marks impossible outputs.
+      num_particles: static N; ``x`` must lead with this axis.
+      potential: "difference" | "max" | "sum" | "immediate" (:mod:`itscale.search.potentials`).
+      resample: "systematic" | "stratified" | "multinomial" | "residual".
+      ess_threshold: default of ``params.ess_threshold`` in [0, 1]; resample when ESS < it · N.
+      lam: default of ``params.lam``, the tilt λ.
+      preview: ``(state', info) -> batch`` scored at intermediate steps; default ``info["x0_hat"]``
+        if the step's info has it, else ``sampler.finalize(state')``.
+      mesh: optional ``jax.sharding.Mesh`` the particles are sharded over; the weight vector is then
+        kept replicated so global decisions are bitwise those of one device.
+    """
+    if not isinstance(sampler, Sampler):
+        raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
+    if not callable(reward_fn):
+        raise TypeError(f"reward_fn must be callable (batch -> rewards of shape (N,)), got "
+                        f"{type(reward_fn).__name__}")
+    if preview is not None and not callable(preview):
+        raise TypeError(f"preview must be None or a callable (state, info) -> batch, got "
+                        f"{type(preview).__name__}")
+    n = checks.positive_int("num_particles", num_particles)
+    update_potential = potentials.potential(potential)
+    draw_ancestors = resampling.resampler(resample)
+    checks.in_range("ess_threshold", ess_threshold, 0.0, 1.0)
+    checks.in_range("lam", lam, -float("inf"), float("inf"))
+    reward = counting.counted(reward_fn, kind="verifier")
+
+    def replicated(values):
+        return particle_sharding.replicate(values, mesh)
+
+    def score(batch) -> jax.Array:
+        r = reward(batch)
+        if jnp.shape(r) != (n,):
+            raise ValueError(f"reward_fn must return rewards of shape (num_particles,) = ({n},), got "
+                             f"shape {jnp.shape(r)}")
+        return r
+
+    def init(key, x, params):
+        for leaf in jax.tree.leaves(x):
+            if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != n:
+                raise ValueError(f"x must lead with the particle axis of size num_particles={n}, got a "
+                                 f"leaf of shape {jnp.shape(leaf)}")
+        base_state = sampler.init(key, x, params.base)
+        reward_shape = counting.eval_shape(lambda s: score(sampler.finalize(s)), base_state)
+        dtype = jnp.promote_types(reward_shape.dtype, jnp.float32)
+        zero = jnp.zeros((), jnp.int32)
+        return SMCState(base_state, jnp.zeros((n,), dtype), jnp.ones((n,), bool),
+                        jax.tree.map(_store, potentials.initial(potential, n, dtype)), zero, jnp.zeros((), bool),
+                        zero)
+
+    def rewards(new_base, info, is_last):
+        """r(x0_hat of the pre-step state), or r(x_0) at the last step; one verifier call either way."""
+        if preview is None and not (isinstance(info, Mapping) and "x0_hat" in info):
+            return score(sampler.finalize(new_base))
+        look = preview if preview is not None else (lambda state, step_info: step_info["x0_hat"])
+        return counting.cond(is_last, lambda s, i: score(sampler.finalize(s)), lambda s, i: score(look(s, i)),
+                             new_base, info)
+
+    def step(key, state, ctx, params):
+        new_base, info = sampler.step(key, state.base, ctx, params.base)
+        is_last = ctx.step == ctx.num_steps - 1
+        log_weights = _log_weights(state)
+        dtype = log_weights.dtype
+        r = replicated(rewards(new_base, info, is_last).astype(dtype))
+        invalid = jnp.isnan(r) | (r == jnp.inf)
+        r = jnp.where(invalid, -jnp.inf, r)
+        lam_ = jnp.asarray(params.lam, dtype)
+        # Alive particles hold finite potentials; the first step starts from the exact initial values.
+        previous = jax.tree.map(lambda first, stored: jnp.where(ctx.step == 0, first, stored),
+                                potentials.initial(potential, n, dtype), state.potential)
+        moved = update_potential(previous, r, lam_)
+        current = jax.tree.map(lambda a, b: jnp.where(is_last, a, b), potentials.final(r, lam_), moved)
+        log_weights = log_weights + potentials.increment(previous, current, state.alive)
+        ess = resampling.ess(log_weights)
+        threshold = jnp.asarray(params.ess_threshold, dtype)
+        do_resample = ~is_last & ((ess < threshold * n) | (threshold >= 1))
+        resample_key = jax.random.fold_in(key, _RESAMPLE_STREAM)
+
+        def resampled(operands):
+            base_state, log_w, pot = operands
+            ancestors = draw_ancestors(resample_key, log_w)
+            mean = jnp.full_like(log_w, resampling.log_mean_exp(log_w))
+            return (particle_sharding.gather_particles(base_state, ancestors), mean,
+                    particle_sharding.gather_particles(pot, ancestors))
+
+        new_base, log_weights, current = counting.cond(do_resample, resampled, lambda ops: ops,
+                                                       (new_base, log_weights, current))
+        dead = resampling.all_impossible(log_weights)
+        new_state = SMCState(new_base, _store(log_weights), log_weights > -jnp.inf, jax.tree.map(_store, current),
+                             state.num_resamples + do_resample.astype(jnp.int32),
+                             state.ever_all_impossible | dead,
+                             state.invalid_rewards + jnp.sum(invalid, dtype=jnp.int32))
+        step_info = {"ess": ess, "resampled": do_resample, "all_impossible": dead,
+                     "log_normalizer": resampling.log_mean_exp(log_weights), "base": info}
+        return new_state, step_info
+
+    def finalize(state):
+        log_weights = _log_weights(state)
+        return SMCOutput(particles=sampler.finalize(state.base),
+                         log_weights=resampling.log_normalize(log_weights),
+                         log_normalizer=resampling.log_mean_exp(log_weights),
+                         ess=resampling.ess(log_weights),
+                         num_resamples=state.num_resamples,
+                         all_impossible=resampling.all_impossible(log_weights),
+                         ever_all_impossible=state.ever_all_impossible,
+                         invalid_rewards=state.invalid_rewards)
+
+    return Sampler(init, step, finalize, SMCParams(sampler.params, lam, ess_threshold))
