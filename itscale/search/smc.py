@@ -103,7 +103,7 @@ class SMCOutput(NamedTuple):
 
 def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential: str = "difference",
         resample: str = "systematic", ess_threshold: float = 0.5, lam: float = 1.0,
-        preview: Callable[[Any, Any], Any] | None = None, mesh=None) -> Sampler:
+        preview: Callable[[Any, Any], Any] | None = None) -> Sampler:
     """Sequential Monte Carlo / FK steering of ``sampler`` towards exp(λ·reward); see the module doc.
 
     Args:
@@ -116,8 +116,6 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
       lam: default of ``params.lam``, the tilt λ.
       preview: ``(state', info) -> batch`` scored at intermediate steps; default ``info["x0_hat"]``
         if the step's info has it, else ``sampler.finalize(state')``.
-      mesh: optional ``jax.sharding.Mesh`` the particles are sharded over; the weight vector is then
-        kept replicated so global decisions are bitwise those of one device.
     """
     if not isinstance(sampler, Sampler):
         raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
@@ -133,9 +131,6 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
     checks.in_range("ess_threshold", ess_threshold, 0.0, 1.0)
     checks.in_range("lam", lam, -float("inf"), float("inf"))
     reward = counting.counted(reward_fn, kind="verifier")
-
-    def replicated(values):
-        return particle_sharding.replicate(values, mesh)
 
     def score(batch) -> jax.Array:
         r = reward(batch)
@@ -170,7 +165,7 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
         is_last = ctx.step == ctx.num_steps - 1
         log_weights = _log_weights(state)
         dtype = log_weights.dtype
-        r = replicated(rewards(new_base, info, is_last).astype(dtype))
+        r = rewards(new_base, info, is_last).astype(dtype)
         invalid = jnp.isnan(r) | (r == jnp.inf)
         r = jnp.where(invalid, -jnp.inf, r)
         lam_ = jnp.asarray(params.lam, dtype)
