@@ -2,16 +2,22 @@
 
 Resampling and ESS (:mod:`~itscale.search.resampling`), Feynman–Kac potentials
 (:mod:`~itscale.search.potentials`), SMC / FK steering (:func:`smc`), best-of-N (:func:`best_of_n`),
-majority and reward-weighted voting, and the pass@k / coverage estimators.
+budget splits (:func:`split_budget`), majority and reward-weighted voting, and the pass@k / coverage-law
+estimators.
 """
 
 from itscale.search import potentials, resampling
+from itscale.search.best_of_n import BestOfNOutput, best_of_n
+from itscale.search.budget import BudgetSplit, split_budget
+from itscale.search.coverage import CoverageLaw, fit_coverage_law, pass_at_k
 from itscale.search.resampling import (RESAMPLERS, all_impossible, ess, log_mean_exp, log_normalize,
                                        multinomial, resampler, residual, stratified, systematic)
 from itscale.search.smc import SMCOutput, SMCParams, SMCState, smc
+from itscale.search.voting import NO_ANSWER, Vote, majority_vote, weighted_vote
 
 __all__ = [
-    "RESAMPLERS", "SMCOutput", "SMCParams", "SMCState", "all_impossible", "ess", "log_mean_exp",
-    "log_normalize", "multinomial", "potentials", "resampler", "resampling", "residual", "smc",
-    "stratified", "systematic",
+    "NO_ANSWER", "RESAMPLERS", "BestOfNOutput", "BudgetSplit", "CoverageLaw", "SMCOutput", "SMCParams",
+    "SMCState", "Vote", "all_impossible", "best_of_n", "ess", "fit_coverage_law", "log_mean_exp",
+    "log_normalize", "majority_vote", "multinomial", "pass_at_k", "potentials", "resampler", "resampling",
+    "residual", "smc", "split_budget", "stratified", "systematic", "weighted_vote",
 ]

@@ -1,0 +1,64 @@
+"""best_of_n and split_budget, checked by hand against the base sampler's own candidates."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import itscale as its
+
+
+def _gaussian_draw() -> its.Sampler:
+    """One step replacing x by x + N(0, 1) noise per row; NFE = rows per step."""
+    model = its.counted(lambda x, key: x + jax.random.normal(key, x.shape, x.dtype))
+    return its.Sampler(lambda key, x, params: x, lambda key, x, ctx, params: (model(x, key), {}), lambda x: x)
+
+
+def _reward(x):
+    return -jnp.sum(x**2, axis=-1)
+
+
+def test_best_is_the_argmax_of_the_base_samplers_candidates():
+    queries = jnp.array([[0.0, 0.0], [3.0, -1.0], [-2.0, 5.0]])
+    n, key = 8, jax.random.key(0)
+    result = its.run(its.search.best_of_n(_gaussian_draw(), _reward, num_candidates=n), key, queries, num_steps=2)
+    out = result.output
+    # The same base sampler on the repeated queries draws the same candidates.
+    candidates = its.run(_gaussian_draw(), key, jnp.repeat(queries, n, axis=0), num_steps=2).output.reshape(3, n, 2)
+    np.testing.assert_array_equal(out.candidates, candidates)
+    scores = np.asarray(_reward(candidates.reshape(-1, 2))).reshape(3, n)
+    np.testing.assert_allclose(out.scores, scores, rtol=1e-6)
+    np.testing.assert_array_equal(out.best_index, scores.argmax(axis=1))
+    np.testing.assert_array_equal(out.best, candidates[np.arange(3), scores.argmax(axis=1)])
+    np.testing.assert_allclose(out.best_score, scores.max(axis=1), rtol=1e-6)
+    assert np.all(out.valid) and int(out.num_candidates) == n
+    assert int(result.stats.nfe) == 3 * n * 2 and int(result.stats.verifier_calls) == 3 * n
+
+
+def test_ties_invalid_scores_and_pytree_outputs():
+    def reward(out):
+        x = out["x"]
+        return jnp.where(x[:, 0] > 100.0, jnp.nan, jnp.where(x[:, 1] > 100.0, -jnp.inf, jnp.zeros(x.shape[0])))
+
+    base = _gaussian_draw()
+    sampler = its.Sampler(base.init, base.step, lambda x: {"x": x, "norm": jnp.linalg.norm(x, axis=-1)})
+    queries = jnp.array([[0.0, 0.0], [1000.0, 0.0], [0.0, 1000.0]])
+    out = its.run(its.search.best_of_n(sampler, reward, num_candidates=4), jax.random.key(1), queries,
+                  num_steps=1).output
+    np.testing.assert_array_equal(out.best_index, [0, 0, 0])          # ties -> lowest index
+    np.testing.assert_array_equal(out.valid, [True, False, False])    # NaN and -inf verdicts
+    assert float(out.best_score[0]) == 0.0 and np.all(np.asarray(out.best_score[1:]) == -np.inf)
+    assert out.best["x"].shape == (3, 2) and out.best["norm"].shape == (3,)
+    assert out.candidates["x"].shape == (3, 4, 2)
+
+
+def test_split_budget_and_errors():
+    split = its.search.split_budget(1000, nfe_per_candidate=30)
+    assert split == its.search.BudgetSplit(width=33, nfe_per_candidate=30, nfe=990, unused=10)
+    with pytest.raises(ValueError, match="nfe_budget=20 is too small"):
+        its.search.split_budget(20, nfe_per_candidate=30)
+    with pytest.raises(ValueError, match="num_candidates"):
+        its.search.best_of_n(_gaussian_draw(), _reward, num_candidates=0)
+    with pytest.raises(ValueError, match="reward_fn must return scores of shape"):
+        its.run(its.search.best_of_n(_gaussian_draw(), lambda x: x, num_candidates=2), jax.random.key(0),
+                jnp.zeros((3, 2)), num_steps=1)
