@@ -10,5 +10,5 @@ from itscale.refine.restart import restart
 from itscale.refine.sde import sde
 from itscale.refine.solvers import SOLVERS, Solver
 
-__all__ = ["SOLVERS", "Solver", "adaptive", "convert_path", "ddpm", "diffrax_ode", "diffusion_coefficient", "langevin",
-           "ode", "restart", "sde"]
+__all__ = ["SOLVERS", "Solver", "adaptive", "convert_path", "ddpm", "diffrax_ode", "diffusion_coefficient",
+           "langevin", "ode", "restart", "sde"]

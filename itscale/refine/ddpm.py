@@ -3,7 +3,8 @@
 For s < t, q(x_s | x_t, x0) is Gaussian with (Ho et al. 2020, arXiv 2006.11239, eq. 7; Kingma et al.
 2021, arXiv 2107.00630, app. A for any alpha, sigma)
 
-    mean = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps_hat,   c^2 = sigma_s^2 (1 - alpha_t^2 sigma_s^2 / (alpha_s^2 sigma_t^2)),
+    mean = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps_hat,
+    c^2 = sigma_s^2 (1 - alpha_t^2 sigma_s^2 / (alpha_s^2 sigma_t^2)),
 
 which is DDIM's update with eta = 1 (Song et al. 2021, arXiv 2010.02502, eq. 12). It is therefore the
 ``ddim`` solver of :func:`itscale.refine.ode` with ``params = {"eta": 1.0}`` (``eta`` stays a traced
@@ -23,6 +24,6 @@ from itscale.refine.ode import ode
 
 
 def ddpm(model_fn: Callable, path: Path, *, grid="uniform", prediction: str = "velocity") -> Sampler:
-    """DDPM ancestral sampler of ``model_fn`` (predicting ``prediction`` on ``path``); params ``{"eta": 1.0}``."""
+    """DDPM ancestral sampler of ``model_fn`` (predicting ``prediction`` on ``path``); params {"eta": 1}."""
     sampler = ode(counted_velocity(model_fn, path, prediction), solver="ddim", grid=grid, path=path)
     return sampler._replace(params={**sampler.params, "eta": 1.0})

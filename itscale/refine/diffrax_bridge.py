@@ -1,4 +1,4 @@
-"""diffrax solvers as itscale samplers: fixed steps on an itscale grid, or adaptive steps with a PID controller.
+"""diffrax solvers as itscale samplers: fixed steps on an itscale grid, or adaptive steps (PID controller).
 
 ``diffrax_ode(velocity_fn, solver=diffrax.Heun(), grid=...)``: each itscale step is one step of the diffrax
 solver over one grid interval [t_i, t_{i+1}] (``solver.init`` then ``solver.step``), so any explicit
@@ -20,8 +20,11 @@ run in a ``while_loop``), where itscale's ledger cannot see calls, and diffrax i
 (``num_steps``, ``num_accepted_steps``, ``num_rejected_steps``), not evaluations: a first-same-as-last
 solver such as Tsit5 costs 7 evaluations on its first step and 6 on later ones, rejected steps cost as
 much as accepted ones, and the PID controller's initial step-size selection (Hairer's algorithm, when
-``dt0`` is None) costs 2 more. So the vector field is called uncounted, and the evaluation counts of the
-solver's ``init``, first ``step``, later ``step`` and of ``controller.init`` are measured once per solver by
+``dt0`` is None) costs 2 more. (``diffrax.diffeqsolve`` 0.7 wraps every term in a ``WrapTerm`` for the
+time direction, so its PIDController never sees an ``ODETerm`` and, given dt0 = None, starts from
+dt0 = 0.01 with no evaluation instead of Hairer's algorithm; the loop here applies the algorithm.)
+So the vector field is called uncounted, and the evaluation counts of the solver's ``init``, first
+``step``, later ``step`` and of ``controller.init`` are measured once per solver by
 running them on a stand-in vector field that counts its real executions (``jax.debug.callback``), then
 charged per sample: fixed step = init + first step; adaptive = controller init + init + first-step cost
 for attempts before the first accepted step + later-step cost for the others. This is exact for
@@ -69,7 +72,7 @@ class DiffraxState(NamedTuple):
 
 @functools.lru_cache(maxsize=64)
 def evaluation_counts(solver: diffrax.AbstractSolver) -> EvaluationCounts:
-    """Measure the evaluations each phase of ``solver`` makes, on the ODE dy/dt = -y (see module docstring)."""
+    """Evaluations each phase of ``solver`` makes, measured on dy/dt = -y (see the module docstring)."""
     counts = [0, 0, 0, 0]
 
     def term(phase):
@@ -99,12 +102,12 @@ def evaluation_counts(solver: diffrax.AbstractSolver) -> EvaluationCounts:
 def check_solver(solver) -> EvaluationCounts:
     """An explicit diffrax ODE solver, with its measured :class:`EvaluationCounts`."""
     if not isinstance(solver, diffrax.AbstractSolver):
-        raise TypeError(f"solver must be a diffrax solver instance such as diffrax.Heun() or diffrax.Tsit5(), "
-                        f"got {solver!r}")
+        raise TypeError(f"solver must be a diffrax solver instance such as diffrax.Heun() or "
+                        f"diffrax.Tsit5(), got {solver!r}")
     if isinstance(solver, diffrax.AbstractImplicitSolver):
-        raise ValueError(f"solver {type(solver).__name__} is implicit: its evaluations per step depend on its "
-                         "Newton iterations and cannot be counted; use an explicit solver (diffrax.Euler, Heun, "
-                         "Midpoint, Ralston, Bosh3, Tsit5, Dopri5, Dopri8)")
+        raise ValueError(f"solver {type(solver).__name__} is implicit: its evaluations per step depend on "
+                         "its Newton iterations and cannot be counted; use an explicit solver "
+                         "(diffrax.Euler, Heun, Midpoint, Ralston, Bosh3, Tsit5, Dopri5, Dopri8)")
     try:
         return evaluation_counts(solver)
     except Exception as error:  # e.g. SDE solvers that need a control term
@@ -144,7 +147,8 @@ def diffrax_ode(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = N
     solver = diffrax.Heun() if solver is None else solver
     costs = check_solver(solver)
     if not callable(velocity_fn):
-        raise TypeError(f"velocity_fn must be a callable fn(x, t) -> velocity, got {type(velocity_fn).__name__}")
+        raise TypeError("velocity_fn must be a callable fn(x, t) -> velocity, got "
+                        f"{type(velocity_fn).__name__}")
     if path is not None and not isinstance(path, Path):
         raise TypeError(f"path must be an itscale.paths.Path or None, got {path!r}")
     model = Model(counted(velocity_fn), path)
@@ -183,16 +187,16 @@ class _Solve(NamedTuple):
     evaluations: jax.Array
 
 
-def _adaptive_solve(solver, costs: EvaluationCounts, term, controller, s0, s1, y0, max_steps: int):
+def _adaptive_solve(solver, costs: EvaluationCounts, term, controller, s0, s1, y0, max_steps: int, dt0=None):
     """Integrate ``term`` from s0 to s1 > s0 with diffrax's step/adapt cycle; returns the final carry."""
     error_order = solver.error_order(term)
-    s_next, controller_state = controller.init(term, s0, s1, y0, None, None, solver.func, error_order)
+    s_next, controller_state = controller.init(term, s0, s1, y0, dt0, None, solver.func, error_order)
     s_next = jnp.minimum(s_next, s1)
     solver_state = solver.init(term, s0, s_next, y0, None)
     clip_floor = s1 - 100 * jnp.finfo(s1.dtype).eps * jnp.maximum(jnp.abs(s1), 1.0)
     zero = jnp.zeros((), jnp.int32)
     start = _Solve(s0, s_next, y0, solver_state, controller_state, zero, zero,
-                   jnp.asarray(costs.controller_init + costs.solver_init, jnp.int32))
+                   jnp.asarray((costs.controller_init if dt0 is None else 0) + costs.solver_init, jnp.int32))
 
     def not_done(c):
         return (c.s < s1) & (c.accepted + c.rejected < max_steps)
@@ -214,17 +218,22 @@ def _adaptive_solve(solver, costs: EvaluationCounts, term, controller, s0, s1, y
 
 
 def adaptive(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = None, *, rtol: float = 1e-5,
-             atol: float = 1e-5, max_steps: int = 4096, grid="uniform", path: Path | None = None) -> Sampler:
+             atol: float = 1e-5, max_steps: int = 4096, dt0: float | None = None, grid="uniform",
+             path: Path | None = None) -> Sampler:
     """Adaptive integration of the flow ODE with an explicit diffrax ``solver`` (default ``diffrax.Tsit5()``)
-    and a PID controller; see the module docstring.
+    and a PID controller; see the module docstring. ``dt0``: the first step's size (> 0, in t units), or
+    None for Hairer's initial step selection (2 evaluations).
 
     params: ``{"rtol", "atol", "pcoeff", "icoeff", "dcoeff"}`` (diffrax's default I-controller: 0, 1, 0).
     """
     solver = diffrax.Tsit5() if solver is None else solver
     costs = check_solver(solver)
     max_steps = checks.positive_int("max_steps", max_steps)
+    if dt0 is not None:
+        dt0 = checks.in_range("dt0", dt0, 0.0, 1.0, inclusive=False)
     if not callable(velocity_fn):
-        raise TypeError(f"velocity_fn must be a callable fn(x, t) -> velocity, got {type(velocity_fn).__name__}")
+        raise TypeError("velocity_fn must be a callable fn(x, t) -> velocity, got "
+                        f"{type(velocity_fn).__name__}")
     for name, tol in (("rtol", rtol), ("atol", atol)):
         checks.in_range(name, tol, 0.0, float("inf"), inclusive=False)
     term = _vector_field(counted(velocity_fn), sign=-1.0)
@@ -239,12 +248,13 @@ def adaptive(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = None
         clock = Clock(times_rule(ctx.num_steps, x.dtype), ctx.step)
         controller = diffrax.PIDController(rtol=params["rtol"], atol=params["atol"], pcoeff=params["pcoeff"],
                                            icoeff=params["icoeff"], dcoeff=params["dcoeff"])
-        end = _adaptive_solve(solver, costs, term, controller, -clock.t(), -clock.t(1), x, max_steps)
+        end = _adaptive_solve(solver, costs, term, controller, -clock.t(), -clock.t(1), x, max_steps,
+                              dt0)
         counting.record({"nfe": end.evaluations * counting.batch_size(x)})
         successful = end.s >= -clock.t(1)
         x_next = jnp.where(successful, end.y, jnp.full_like(end.y, jnp.nan))
-        info = {"evaluations": end.evaluations, "accepted_steps": end.accepted, "rejected_steps": end.rejected,
-                "successful": successful}
+        info = {"evaluations": end.evaluations, "accepted_steps": end.accepted,
+                "rejected_steps": end.rejected, "successful": successful}
         return DiffraxState(x_next), info
 
     return Sampler(init, step, lambda state: state.x,

@@ -48,7 +48,7 @@ def _forward_shape(path: Path) -> Callable:
 
 
 def diffusion_coefficient(g: str | Callable, path: Path) -> DiffusionCoefficient:
-    """The :class:`DiffusionCoefficient` named ``g`` (one of ``CHOICES``) on ``path``, or a user shape ``g(t)``."""
+    """The :class:`DiffusionCoefficient` named ``g`` (one of ``CHOICES``) on ``path``, or a user ``g(t)``."""
     if isinstance(g, DiffusionCoefficient):
         return g
     if callable(g):

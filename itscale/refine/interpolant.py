@@ -1,7 +1,8 @@
-"""``its.refine.convert_path``: run a velocity model trained on one path along another (interpolant conversion).
+"""``its.refine.convert_path``: run a velocity model trained on one path along another path.
 
-For a target time s, t_s is the source time with the same log-SNR and c_s = sigma_target(s) / sigma_source(t_s),
-so that x_target(s) = c_s x_source(t_s) in law; the target velocity is
+Interpolant conversion. For a target time s, t_s is the source time with the same log-SNR and
+c_s = sigma_target(s) / sigma_source(t_s), so that x_target(s) = c_s x_source(t_s) in law; the target
+velocity is
 
     u_target(x, s) = (c_dot / c) x + c t_dot u_source(x / c, t_s)
 
@@ -22,13 +23,14 @@ from itscale.paths.snr_matching import change_path
 
 
 def convert_path(velocity_fn: Callable, source_path: Path, target_path: Path) -> Callable:
-    """The velocity ``fn(x, s)`` on ``target_path`` of the model ``velocity_fn(x, t)`` trained on ``source_path``.
+    """The velocity ``fn(x, s)`` on ``target_path`` of a model ``velocity_fn(x, t)`` of ``source_path``.
 
     ``s`` may be a scalar or a ``(batch,)`` vector; t_s has the same shape. Undefined where both paths have
     sigma = 0 (c = 0 / 0, the data end): samplers stop at t_min > 0 by default.
     """
     if not callable(velocity_fn):
-        raise TypeError(f"velocity_fn must be a callable fn(x, t) -> velocity, got {type(velocity_fn).__name__}")
+        raise TypeError("velocity_fn must be a callable fn(x, t) -> velocity, got "
+                        f"{type(velocity_fn).__name__}")
     for name, path in (("source_path", source_path), ("target_path", target_path)):
         if not isinstance(path, Path):
             raise TypeError(f"{name} must be an itscale.paths.Path (e.g. itscale.paths.vp()), got {path!r}")

@@ -4,7 +4,7 @@ At the time t that the predictor's step reached (grid time t_{i+1} for step i, t
 ``its.predictor_corrector`` passes), one unadjusted Langevin move targeting p_t (Song et al. 2021,
 arXiv 2011.13456, Alg. 4-5):
 
-    x' = x + eps s(x, t) + sqrt(2 eps) z,     eps = 2 (snr E||z|| / mean_batch ||s(x, t)||)^2,     z ~ N(0, I),
+    x' = x + eps s(x, t) + sqrt(2 eps) z,    eps = 2 (snr E||z|| / mean_batch ||s(x, t)||)^2,    z ~ N(0, I),
 
 with ``snr`` the traced ``params["snr"]`` (default 0.16, the paper's CIFAR-10 value). As in the paper's
 code the score norm is averaged over the batch (a per-sample norm makes eps blow up where the score
@@ -42,7 +42,7 @@ def _mean_noise_norm(dims: int) -> float:
 
 
 def langevin(model_fn: Callable, path: Path, *, grid="uniform", prediction: str = "velocity") -> Sampler:
-    """Langevin corrector for ``model_fn`` (predicting ``prediction`` on ``path``); params ``{"snr": 0.16}``."""
+    """Langevin corrector for ``model_fn`` (predicting ``prediction`` on ``path``); params {"snr": 0.16}."""
     model = Model(counted_velocity(model_fn, path, prediction), path)
     times_rule = _times_rule(grid, path)
 

@@ -51,7 +51,8 @@ def _schedule(main_times, step, t_low, t_high, restarts: int, restart_steps: int
     fraction = lambda k: k.astype(main_times.dtype) / restart_steps  # noqa: E731
     seg_from = t_high + (tau_j - t_high) * fraction(m)
     seg_to = t_high + (tau_j - t_high) * fraction(m + 1)
-    main_from, main_to = main_times[jnp.clip(main_index, 0, n - 1)], main_times[jnp.clip(main_index + 1, 0, n)]
+    main_from = main_times[jnp.clip(main_index, 0, n - 1)]
+    main_to = main_times[jnp.clip(main_index + 1, 0, n)]
     renoise = jnp.where(in_restart, (m == restart_steps - 1) & (segment < restarts - 1), step == j - 1)
     renoise = renoise & (restarts > 0)
     return (jnp.where(in_restart, seg_from, main_from), jnp.where(in_restart, seg_to, main_to), renoise)
@@ -82,15 +83,15 @@ def restart(velocity_fn: Callable, path: Path, *, restarts: int = 2, restart_ste
 
     def step(key, state, ctx, params):
         if ctx.num_steps <= extra:
-            raise ValueError(f"num_steps must exceed restarts * restart_steps = {extra} (the main grid needs at "
-                             f"least one step), got num_steps={ctx.num_steps}")
+            raise ValueError(f"num_steps must exceed restarts * restart_steps = {extra} (the main grid needs "
+                             f"at least one step), got num_steps={ctx.num_steps}")
         x = state.x
         main_times = times_rule(ctx.num_steps - extra, x.dtype)
         t_low = jnp.asarray(params["t_restart_min"], x.dtype)
         t_high = jnp.asarray(params["t_restart_max"], x.dtype)
         t_from, t_to, renoise_after = _schedule(main_times, ctx.step, t_low, t_high, restarts, restart_steps)
-        solved, info = spec.step(model, spec.init(x), Clock(jnp.stack([t_from, t_to]), jnp.zeros((), jnp.int32)),
-                                 None, spec.params)
+        clock = Clock(jnp.stack([t_from, t_to]), jnp.zeros((), jnp.int32))
+        solved, info = spec.step(model, spec.init(x), clock, None, spec.params)
         noisy, log_prob = renoise(path, key, solved.x, t_to, t_high)
         x = jnp.where(renoise_after, noisy, solved.x)
         log_prob = jnp.where(renoise_after, log_prob, jnp.zeros_like(log_prob))

@@ -47,7 +47,8 @@ class SDEState(NamedTuple):
 def check_noise(name: str, x) -> None:
     """``x`` must be a floating array with a leading batch axis (the noise at t_max)."""
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-        raise TypeError(f"{name} must be a floating array (the noise at t_max), got dtype {jnp.result_type(x)}")
+        raise TypeError(f"{name} must be a floating array (the noise at t_max), got dtype "
+                        f"{jnp.result_type(x)}")
     if jnp.ndim(x) < 1:
         raise ValueError(f"{name} must have a leading batch axis, got a scalar")
 

@@ -109,7 +109,8 @@ def test_diffusion_coefficient_shapes():
     np.testing.assert_allclose(its.refine.diffusion_coefficient("sigma", vp)(t, 2.0), 2 * vp.sigma(t))
     np.testing.assert_allclose(its.refine.diffusion_coefficient("constant", vp)(t, 0.5), 0.5 * jnp.ones(7))
     beta = 0.1 + t * (20.0 - 0.1)  # the forward VP SDE has g = sqrt(beta(t))
-    np.testing.assert_allclose(its.refine.diffusion_coefficient("forward", vp)(t, 1.0), jnp.sqrt(beta), rtol=1e-10)
+    forward = its.refine.diffusion_coefficient("forward", vp)
+    np.testing.assert_allclose(forward(t, 1.0), jnp.sqrt(beta), rtol=1e-10)
     assert its.refine.sde(GMM.velocity(PATH), PATH, g="kim").params == {"g_scale": 3.0}
 
 

@@ -18,11 +18,12 @@ PATH = its.paths.linear()
 
 def moment_error(x, target):
     """|mean error| + |covariance error| (Frobenius) of samples x against a Gaussian mixture."""
-    return float(jnp.linalg.norm(x.mean(0) - target.mean()) + jnp.linalg.norm(jnp.cov(x.T) - target.covariance()))
+    mean_error = jnp.linalg.norm(x.mean(0) - target.mean())
+    return float(mean_error + jnp.linalg.norm(jnp.cov(x.T) - target.covariance()))
 
 
 def test_log_prob_is_the_gaussian_transition_density():
-    """log_prob = log N(x_s; x_t - (u - g^2 s / 2) dt, g^2 dt I), recomputed with the exact score and scipy."""
+    """log_prob = log N(x_s; x_t - (u - g^2 s / 2) dt, g^2 dt I), recomputed with the exact score, scipy."""
     x1 = jax.random.normal(jax.random.key(0), (6, 2))
     sampler = its.refine.sde(GMM.velocity(PATH), PATH, g="kim")
     num_steps = 4
@@ -37,16 +38,18 @@ def test_log_prob_is_the_gaussian_transition_density():
         want = [stats.multivariate_normal(x[j] - drift[j] * dt, g**2 * dt * np.eye(2)).logpdf(x_next[j])
                 for j in range(x.shape[0])]
         np.testing.assert_allclose(result.trace.info["log_prob"][i], want, rtol=1e-9)
-        np.testing.assert_allclose(result.trace.info["x0_hat"][i], GMM.denoiser(PATH)(x, t), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(result.trace.info["x0_hat"][i], GMM.denoiser(PATH)(x, t), rtol=1e-9,
+                                   atol=1e-12)
 
 
 def test_em_converges_to_the_data_distribution_as_steps_grow():
     x1 = jax.random.normal(jax.random.key(0), (16384, 2))
     sampler = its.refine.sde(GMM.velocity(PATH), PATH, g="sigma")
     target = GMM.marginal(PATH, 1e-3)
-    errors = [moment_error(its.run(sampler, jax.random.key(1), x1, num_steps=n).output, target) for n in (4, 16, 64)]
+    errors = [moment_error(its.run(sampler, jax.random.key(1), x1, num_steps=n).output, target)
+              for n in (4, 16, 64)]
     assert errors[0] > errors[1] > errors[2], errors
-    assert errors[2] < 0.06 and errors[0] > 3 * errors[2], errors  # 0.06: a few Monte Carlo errors at n = 16384
+    assert errors[2] < 0.06 and errors[0] > 3 * errors[2], errors  # 0.06: a few Monte Carlo errors
 
 
 def test_a_grid_ending_at_sigma_zero_takes_a_final_denoising_step():
@@ -80,7 +83,8 @@ def test_g_scale_zero_is_the_euler_ode_and_new_params_never_retrace():
 
 def test_particles_count_and_keep_batch_leading_state():
     x = jax.random.normal(jax.random.key(6), (3, 4, 2))
-    result = its.run(its.particles(its.refine.sde(GMM.velocity(PATH), PATH), 3), jax.random.key(7), x, num_steps=5)
+    sampler = its.particles(its.refine.sde(GMM.velocity(PATH), PATH), 3)
+    result = its.run(sampler, jax.random.key(7), x, num_steps=5)
     assert result.output.shape == (3, 4, 2)
     assert int(result.stats.nfe) == 3 * 4 * 5
 
