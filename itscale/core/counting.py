@@ -75,6 +75,13 @@ class Ledger:
 _state = threading.local()
 
 
+def _active_kinds() -> set[str]:
+    """Kinds of the counted functions being called right now (to count nested calls once)."""
+    if not hasattr(_state, "active"):
+        _state.active = set()
+    return _state.active
+
+
 def _stack() -> list[Ledger]:
     if not hasattr(_state, "stack"):
         _state.stack = []
@@ -118,8 +125,9 @@ def token_positions(tokens, *args, **kwargs) -> int:
 def counted(fn: Callable, *, kind: str = "nfe", cost: Callable[..., Any] = batch_size) -> Callable:
     """Wrap ``fn`` so each call adds ``cost(*args)`` to the open ledger under ``kind``.
 
-    Wrapping an already counted function returns it unchanged, so samplers can wrap whatever the user
-    passes without double counting.
+    Wrapping an already counted function returns it unchanged, and a counted function called from
+    inside another one of the same kind (an adapter around a counted model, say) is counted once, by
+    the outermost, so samplers can wrap whatever the user passes without double counting.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; accepted: {', '.join(map(repr, KINDS))}")
@@ -130,7 +138,14 @@ def counted(fn: Callable, *, kind: str = "nfe", cost: Callable[..., Any] = batch
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        out = fn(*args, **kwargs)
+        active = _active_kinds()
+        if kind in active:  # called from inside another counted function of this kind: counted there
+            return fn(*args, **kwargs)
+        active.add(kind)
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            active.discard(kind)
         stack = _stack()
         if stack:
             stack[-1].add(kind, cost(*args, **kwargs))

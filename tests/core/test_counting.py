@@ -126,3 +126,13 @@ def test_counted_rejects_bad_arguments():
         core.counted(model, kind="flops")
     with pytest.raises(TypeError, match="callable"):
         core.counted(3)
+
+
+def test_adapters_around_counted_models_count_once():
+    inner = core.counted(model)
+    adapter = core.counted(lambda x, t=0.0: 2.0 * inner(x, t) + 1.0)  # e.g. a prediction conversion
+    result = run_step(lambda x, ctx: adapter(x), jnp.ones((4, 2)))
+    assert int(result.stats.nfe) == 4 * 3
+    verifier_on_model = core.counted(lambda x: inner(x).sum(-1), kind="verifier")  # other kinds still count
+    result = run_step(lambda x, ctx: x + verifier_on_model(x)[:, None], jnp.ones((4, 2)))
+    assert int(result.stats.nfe) == 4 * 3 and int(result.stats.verifier_calls) == 4 * 3
