@@ -179,7 +179,8 @@ class NGramLM:
         if cache is None:
             return self.next_log_probs(tokens), None
         if not isinstance(cache, NGramCache):
-            raise TypeError(f"cache must be None or an NGramCache (from init_cache), got {type(cache).__name__}")
+            raise TypeError("cache must be None or an NGramCache (from init_cache), "
+                            f"got {type(cache).__name__}")
         if cache.lengths.shape != (batch,):
             raise ValueError(f"cache holds {cache.lengths.shape[0]} rows but tokens has batch {batch}")
         slots = cache.lengths[:, None] + jnp.arange(length, dtype=jnp.int32)
@@ -189,7 +190,7 @@ class NGramLM:
 
     @property
     def logits_fn(self):
-        """``logits_fn(tokens, cache) -> (logits, cache)`` (see :meth:`forward`; cache from :meth:`init_cache`)."""
+        """``logits_fn(tokens, cache) -> (logits, cache)``: :meth:`forward`, cache from :meth:`init_cache`."""
         return self.forward
 
     # ----- exact laws -----------------------------------------------------------------------------
@@ -204,7 +205,7 @@ class NGramLM:
             terms.append(self.initial_log_probs()[tokens[:, 0]])
         if total > 1:
             first = max(prompt_len, 1)
-            cond = self.next_log_probs(tokens[:, :-1])[:, first - 1:]                 # predicts first..total-1
+            cond = self.next_log_probs(tokens[:, :-1])[:, first - 1:]   # predicts tokens first..total-1
             terms.append(jnp.take_along_axis(cond, tokens[:, first:, None], axis=-1)[..., 0].sum(-1))
         return sum(terms)
 
@@ -219,7 +220,7 @@ class NGramLM:
 
     @functools.partial(jax.jit, static_argnames="length")
     def completion_log_probs(self, prompt, length: int) -> jax.Array:
-        """Exact ``log p(completion | prompt)`` of all ``V**length`` completions (order of :func:`all_sequences`).
+        """Exact log p(completion | prompt) of all ``V**length`` completions, in :func:`all_sequences` order.
 
         ``prompt``: (P,) or (batch, P) tokens, P >= 0 (P = 0: unconditional). Returns (V**length,) or
         (batch, V**length).
@@ -230,7 +231,8 @@ class NGramLM:
         completions = all_sequences(self.vocab_size, length)
 
         def one(row):
-            full = jnp.concatenate([jnp.broadcast_to(row, (completions.shape[0], row.shape[0])), completions], 1)
+            prompts = jnp.broadcast_to(row, (completions.shape[0], row.shape[0]))
+            full = jnp.concatenate([prompts, completions], 1)
             return self._suffix_log_prob(full, length)
 
         return one(prompt) if prompt.ndim == 1 else jax.vmap(one)(prompt)
@@ -245,7 +247,7 @@ class NGramLM:
 
     @functools.partial(jax.jit, static_argnames=("num_samples", "length"))
     def sample(self, key, num_samples: int, length: int, prompt=None) -> jax.Array:
-        """``num_samples`` ancestral samples of ``length`` tokens (after ``prompt`` (P,) if given): (num, length)."""
+        """(num_samples, length) ancestral samples of ``length`` tokens, after ``prompt`` (P,) if given."""
         num_samples = checks.positive_int("num_samples", num_samples)
         length = checks.positive_int("length", length)
         prompt = jnp.zeros((0,), jnp.int32) if prompt is None else checks.int_array("prompt", prompt, ndim=1)
@@ -254,7 +256,8 @@ class NGramLM:
         history = jnp.zeros((num_samples, prompt_len + length), jnp.int32).at[:, :prompt_len].set(prompt)
         first = prompt_len
         if prompt_len == 0:
-            x0 = jax.random.categorical(jax.random.fold_in(key, 0), self.initial_log_probs(), shape=(num_samples,))
+            x0 = jax.random.categorical(jax.random.fold_in(key, 0), self.initial_log_probs(),
+                                        shape=(num_samples,))
             history, first = history.at[:, 0].set(x0.astype(jnp.int32)), 1
         zeros = jnp.zeros((num_samples,), jnp.int32)
 
@@ -269,7 +272,7 @@ class NGramLM:
 
 @jax.tree_util.register_pytree_node_class
 class MarkovLM(NGramLM):
-    """Bigram model: ``p(x) = initial(x_0) prod_t transition(x_t | x_{t-1})``; logits = ``log_transition[token]``.
+    """Bigram model ``p(x) = initial(x_0) prod_t transition(x_t | x_{t-1})``, logits ``log_transition[x]``.
 
     Args:
       log_initial: (V,) log-weights of the first token.
@@ -308,7 +311,8 @@ class MarkovLM(NGramLM):
         length = checks.positive_int("length", length)
         transition = jnp.exp(self.log_transition)
         if prompt.shape[-1] == 0:
-            first = jnp.broadcast_to(jnp.exp(self.initial_log_probs()), prompt.shape[:-1] + (self.vocab_size,))
+            shape = prompt.shape[:-1] + (self.vocab_size,)
+            first = jnp.broadcast_to(jnp.exp(self.initial_log_probs()), shape)
         else:
             first = transition[prompt[..., -1]]
 

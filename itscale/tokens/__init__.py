@@ -1,1 +1,23 @@
-"""itscale.tokens."""
+"""itscale.tokens: the sequence axis -- autoregressive rollouts with a KV cache, decoding controls,
+parallel decoding (Jacobi, speculative sampling) and step-structured generation for process verifiers.
+
+All samplers take ``logits_fn(tokens, cache) -> (logits, cache)`` (``itscale.tokens.model``), run with
+``its.run(sampler, key, prompts or (prompts, lengths), num_steps=...)`` and return a
+:class:`Generation` (``itscale.tokens.sequences``), extended with per-row statistics by ``jacobi``
+(:class:`JacobiGeneration`) and ``speculative`` (:class:`SpeculativeGeneration`).
+"""
+
+from itscale.tokens import steps
+from itscale.tokens.jacobi import JacobiGeneration, jacobi
+from itscale.tokens.model import TokenModel, rewind_lengths, token_model
+from itscale.tokens.rollout import RolloutState, rollout
+from itscale.tokens.sampling import Decoding, truncated_log_probs
+from itscale.tokens.sequences import Generation, Sequences
+from itscale.tokens.speculative import SpeculativeGeneration, speculative
+from itscale.tokens.steps import step_ends, step_index, step_rollout
+
+__all__ = [
+    "Decoding", "Generation", "JacobiGeneration", "RolloutState", "Sequences", "SpeculativeGeneration",
+    "TokenModel", "jacobi", "rewind_lengths", "rollout", "speculative", "step_ends", "step_index",
+    "step_rollout", "steps", "token_model", "truncated_log_probs",
+]

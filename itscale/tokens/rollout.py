@@ -1,0 +1,136 @@
+"""``rollout``: autoregressive sampling with a KV cache, one new token per step.
+
+``init`` prefills the prompts (one model call on the (batch, P) block: NFE = batch x P) and keeps the
+logits of the next position; step ``i`` draws new token ``i`` from them with decoding controls
+(``itscale.tokens.sampling``), writes it (EOS masking: ``itscale.tokens.sequences``) and feeds it
+(NFE = batch per step, finished rows included), so ``its.run(sampler, key, prompts, num_steps=N)``
+costs exactly ``batch x (P + N)`` NFE; the last feed leaves the state ready to continue.
+
+Noise (``noise="position"``, default): token ``i`` of row ``b`` is ``argmax(log q + g[b, i])`` with Gumbel
+noise ``g`` fixed by (run key, b, i) (``itscale.tokens.noise``), so ``jacobi`` with the same key returns
+the same tokens bit for bit. ``noise="step"`` draws ``g`` from the step key instead: particle methods
+that resample and duplicate rows (SMC) need it, so that copies diverge afterwards.
+
+``max_new_tokens`` (static) sizes the output: ``init(key, x, params)`` does not see ``num_steps``, so the
+sampler is built for at most ``max_new_tokens`` steps; run it with ``num_steps = max_new_tokens`` for
+``tokens`` of shape (batch, P + num_steps) (fewer steps leave pad columns, more raise ``ValueError``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from itscale.core import checks
+from itscale.core.sampler import Sampler
+from itscale.tokens import sampling, sequences
+from itscale.tokens.model import TokenModel, token_model
+from itscale.tokens.noise import gumbel_at, row_keys
+from itscale.tokens.sampling import Decoding
+from itscale.tokens.sequences import Sequences
+
+
+class RolloutState(NamedTuple):
+    """Every leaf leads with the batch axis."""
+
+    seq: Sequences
+    cache: Any
+    next_logits: jax.Array   # (batch, V): the model's logits for each row's next position
+    noise_keys: jax.Array    # (batch,) keys of the per-position noise
+
+
+def new_tokens_budget(max_new_tokens) -> int:
+    """Check the static output size shared by the token samplers."""
+    if max_new_tokens is None:
+        raise TypeError("max_new_tokens is required (a Python int >= 1): the sampler allocates the "
+                        "(batch, prompt_len + max_new_tokens) output in init, which does not see num_steps; "
+                        "run it with num_steps = max_new_tokens")
+    return checks.positive_int("max_new_tokens", max_new_tokens)
+
+
+def prefill(model: TokenModel, key, x, *, max_new_tokens: int, extra_slots: int,
+            decoding: Decoding) -> RolloutState:
+    """Prompt buffer, a cache of ``P + max_new_tokens + extra_slots`` slots and the prompt's next logits."""
+    prompts, lengths = sequences.parse_prompts(x)
+    batch, prompt_len = prompts.shape
+    model.check_length(prompt_len, max_new_tokens)
+    start = prompt_len - lengths
+    cache = model.new_cache(batch, prompt_len + max_new_tokens + extra_slots, start)
+    seq = sequences.start_sequences(prompts, lengths, max_new_tokens, decoding.pad_id, jnp.float32)
+    logits, cache = model(seq.tokens[:, :prompt_len], cache)
+    decoding.check_vocab(logits.shape[-1])
+    dtype = sampling.model_log_probs(logits[:, -1]).dtype
+    seq = seq._replace(log_probs=seq.log_probs.astype(dtype),
+                       sample_log_probs=seq.sample_log_probs.astype(dtype))
+    return RolloutState(seq, cache, logits[:, -1], row_keys(key, batch))
+
+
+def decode_token(model: TokenModel, state: RolloutState, params, decoding: Decoding, *,
+                 noise_keys: jax.Array | None = None,
+                 active: jax.Array | None = None) -> tuple[RolloutState, dict]:
+    """Draw, write and feed one token per row.
+
+    ``noise_keys``: keys of the Gumbel noise (default: the state's per-position keys). ``active`` (batch,)
+    bool: rows that take the token; the others keep their state (their feed is rewound).
+    """
+    seq = state.seq
+    keys = state.noise_keys if noise_keys is None else noise_keys
+    log_q = sampling.sampling_log_probs(state.next_logits, params, decoding)
+    gumbel = gumbel_at(keys, seq.position[:, None], log_q.shape[-1], log_q.dtype)[:, 0]
+    token = sampling.gumbel_max(log_q, gumbel, decoding.pad_id)
+    log_prob = sampling.pick(sampling.model_log_probs(state.next_logits), token)
+    sample_log_prob = sampling.pick(log_q, token)
+    count = jnp.ones_like(seq.position) if active is None else active.astype(jnp.int32)
+    seq, written = sequences.append(seq, token[:, None], log_prob[:, None], sample_log_prob[:, None], count,
+                                    decoding)
+    logits, cache = model(written, state.cache)
+    next_logits = logits[:, 0]
+    if active is not None:
+        cache = model.rewind(cache, (~active).astype(jnp.int32))
+        next_logits = jnp.where(active[:, None], next_logits, state.next_logits)
+    info = {"token": written[:, 0], "log_prob": sample_log_prob, "model_log_prob": log_prob}
+    return RolloutState(seq, cache, next_logits, state.noise_keys), info
+
+
+def rollout(logits_fn: Callable, *, temperature: float = 1.0, top_k: int | None = None,
+            top_p: float | None = None, min_p: float | None = None, eos_id: int | None = None,
+            pad_id: int = 0, max_new_tokens: int | None = None, init_cache: Callable | None = None,
+            max_len: int | None = None, noise: str = "position") -> Sampler:
+    """Autoregressive sampler; see the module docstring.
+
+    Args:
+      logits_fn: ``logits_fn(tokens, cache) -> (logits, cache)`` (``itscale.tokens.model``).
+      temperature, top_p, min_p: default values of the traced ``params`` (``top_p``/``min_p`` stages exist
+        only when given); ``temperature=0`` is greedy. top_k: static.
+      eos_id: token that finishes a row (None: rows never finish). pad_id: filler after EOS.
+      max_new_tokens: static output size (required).
+      init_cache: ``init_cache(batch, max_len, start=start)`` or None (model without cache).
+      max_len: the model's longest sequence, checked at trace time.
+      noise: ``"position"`` (noise fixed per (row, position), shared with ``jacobi``) or ``"step"``.
+
+    Returns a :class:`Sampler` whose output is a :class:`itscale.tokens.Generation` and whose step
+    ``info`` holds the new ``token``, its ``log_prob`` under the sampling law and ``model_log_prob``.
+    """
+    decoding, params = sampling.decoding(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                         eos_id=eos_id, pad_id=pad_id)
+    max_new_tokens = new_tokens_budget(max_new_tokens)
+    noise_mode = checks.choice("noise", noise, ("position", "step"))
+    model = token_model("logits_fn", logits_fn, init_cache, max_len=max_len)
+
+    def init(key, x, params):
+        return prefill(model, key, x, max_new_tokens=max_new_tokens, extra_slots=0, decoding=decoding)
+
+    def step(key, state, ctx, params):
+        if ctx.num_steps > max_new_tokens:
+            raise ValueError(f"this rollout holds max_new_tokens={max_new_tokens} new tokens; run it with "
+                             f"num_steps <= {max_new_tokens}, got {ctx.num_steps}")
+        keys = None if noise_mode == "position" else row_keys(key, state.seq.position.shape[0])
+        return decode_token(model, state, params, decoding, noise_keys=keys)
+
+    def finalize(state):
+        return sequences.generation(state.seq, decoding.pad_id)
+
+    return Sampler(init, step, finalize, params)

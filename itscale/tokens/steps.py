@@ -1,0 +1,139 @@
+"""Step-structured generation: reasoning steps delimited by a separator token or a fixed length.
+
+A *step* of a completion ends at a ``separator_id`` token (included), after ``step_length`` tokens
+since the previous end, or at the end of the completion (a last, partial step), whichever comes first.
+:func:`step_ends` and :func:`step_index` find the steps in a :class:`itscale.tokens.Generation`, e.g. to
+score every prefix that ends a step with a process verifier. :func:`step_rollout` is a sampler whose
+run step generates one reasoning step per row, so step-level search (beam search, particle filtering
+with a process reward, DVTS) works on it with one search step per reasoning step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from itscale.core import checks, counting
+from itscale.core.sampler import Sampler
+from itscale.tokens import sampling, sequences
+from itscale.tokens.model import token_model
+from itscale.tokens.noise import row_keys
+from itscale.tokens.rollout import decode_token, new_tokens_budget, prefill
+from itscale.tokens.sampling import check_token_id
+
+
+def _check_split(separator_id, step_length) -> tuple[int | None, int | None]:
+    if separator_id is None and step_length is None:
+        raise ValueError("give separator_id (steps end at that token), step_length (steps of that many "
+                         "tokens) or both")
+    separator_id = None if separator_id is None else check_token_id("separator_id", separator_id)
+    step_length = None if step_length is None else checks.positive_int("step_length", step_length)
+    return separator_id, step_length
+
+
+def step_ends(tokens, lengths, prompt_lengths, *, separator_id: int | None = None,
+              step_length: int | None = None) -> jax.Array:
+    """(batch, L) bool: True at the last token of every step of each row's completion.
+
+    ``tokens`` (batch, L), ``lengths`` and ``prompt_lengths`` (batch,) as in a ``Generation``; the
+    completion of row ``b`` is ``tokens[b, prompt_lengths[b]:lengths[b]]``.
+    """
+    separator_id, step_length = _check_split(separator_id, step_length)
+    tokens = checks.int_array("tokens", tokens, ndim=2)
+    lengths = checks.int_array("lengths", lengths, ndim=1)
+    prompt_lengths = checks.int_array("prompt_lengths", prompt_lengths, ndim=1)
+    batch = tokens.shape[0]
+    if lengths.shape != (batch,) or prompt_lengths.shape != (batch,):
+        raise ValueError(f"lengths and prompt_lengths must have shape ({batch},), got {lengths.shape} "
+                         f"and {prompt_lengths.shape}")
+
+    def column(count, t):
+        inside = (t >= prompt_lengths) & (t < lengths)
+        count = jnp.where(inside, count + 1, 0)
+        end = inside & (t == lengths - 1)
+        if separator_id is not None:
+            end = end | (inside & (tokens[:, t] == separator_id))
+        if step_length is not None:
+            end = end | (count == step_length)
+        return jnp.where(end, 0, count), end
+
+    _, ends = lax.scan(column, jnp.zeros((batch,), jnp.int32), jnp.arange(tokens.shape[1]))
+    return ends.T
+
+
+def step_index(tokens, lengths, prompt_lengths, *, separator_id: int | None = None,
+               step_length: int | None = None) -> jax.Array:
+    """(batch, L) int32: 0-based step of each completion token, -1 on the prompt and the padding."""
+    ends = step_ends(tokens, lengths, prompt_lengths, separator_id=separator_id, step_length=step_length)
+    columns = jnp.arange(ends.shape[1])
+    inside = (columns >= jnp.asarray(prompt_lengths)[:, None]) & (columns < jnp.asarray(lengths)[:, None])
+    before = jnp.cumsum(ends, axis=1, dtype=jnp.int32) - ends
+    return jnp.where(inside, before, -1)
+
+
+class _StepLoop(NamedTuple):
+    decode: object
+    ended: jax.Array          # (batch,) the row's current reasoning step is over
+    count: jax.Array          # () tokens iterations run in this step
+    log_prob: jax.Array       # (batch,) sum of the step's sampling log-probs
+    model_log_prob: jax.Array  # (batch,) sum of the step's model log-probs
+
+
+def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 min_p: float | None = None, eos_id: int | None = None, pad_id: int = 0,
+                 max_new_tokens: int | None = None, init_cache: Callable | None = None,
+                 rewind: Callable | None = None, max_len: int | None = None,
+                 noise: str = "position") -> Sampler:
+    """Autoregressive sampler whose run step generates one reasoning step per row.
+
+    A row's step ends at ``separator_id`` (kept) or after ``step_length`` tokens; rows whose step ended
+    wait (their feeds are rewound) while the others finish theirs, and the token loop stops when every
+    row is done (``itscale.core.while_loop``: NFE = batch per token iteration actually run, plus the
+    prefill). Other arguments as in :func:`itscale.tokens.rollout`; ``rewind`` as in ``jacobi``.
+
+    The step ``info`` holds, per row, ``log_prob`` and ``model_log_prob`` (sums over the step's tokens
+    under the sampling law and the model) and ``step_tokens``, for step-level weights.
+    """
+    step_length = checks.positive_int("step_length", step_length)
+    separator_id, _ = _check_split(separator_id, step_length)
+    decoding, params = sampling.decoding(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                         eos_id=eos_id, pad_id=pad_id)
+    max_new_tokens = new_tokens_budget(max_new_tokens)
+    noise_mode = checks.choice("noise", noise, ("position", "step"))
+    model = token_model("logits_fn", logits_fn, init_cache, rewind, max_len)
+
+    def init(key, x, params):
+        return prefill(model, key, x, max_new_tokens=max_new_tokens, extra_slots=0, decoding=decoding)
+
+    def step(key, state, ctx, params):
+        keys = None if noise_mode == "position" else row_keys(key, state.seq.position.shape[0])
+        zeros = jnp.zeros(state.seq.position.shape, state.seq.log_probs.dtype)
+
+        def running(loop):
+            return (loop.count < step_length) & jnp.any(~loop.ended & ~loop.decode.seq.done)
+
+        def token(loop):
+            active = ~loop.ended & ~loop.decode.seq.done
+            decode, info = decode_token(model, loop.decode, params, decoding, noise_keys=keys, active=active)
+            ended = loop.ended
+            if separator_id is not None:
+                ended = ended | (active & (info["token"] == separator_id))
+            return _StepLoop(decode, ended, loop.count + 1,
+                             loop.log_prob + jnp.where(active, info["log_prob"], 0),
+                             loop.model_log_prob + jnp.where(active, info["model_log_prob"], 0))
+
+        start = _StepLoop(state, jnp.zeros(zeros.shape, bool), jnp.zeros((), jnp.int32), zeros, zeros)
+        loop = counting.while_loop(running, token, start)
+        info = {"log_prob": loop.log_prob, "model_log_prob": loop.model_log_prob,
+                "step_tokens": loop.decode.seq.generated - state.seq.generated}
+        return loop.decode, info
+
+    def finalize(state):
+        return sequences.generation(state.seq, decoding.pad_id)
+
+    return Sampler(init, step, finalize, params)

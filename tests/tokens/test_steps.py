@@ -1,0 +1,72 @@
+"""Step-structured generation: step boundaries, and step_rollout producing one reasoning step per run step
+(same tokens as rollout for the same key, exact NFE, per-step log-probabilities)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import itscale as its
+
+jax.config.update("jax_enable_x64", True)
+
+SEP = 2
+TOKENS = jnp.array([[7, 7, 1, 2, 3, 3, 3, 3, 2, 0, 0],
+                    [7, 1, 1, 1, 1, 2, 2, 1, 0, 0, 0]])
+LENGTHS, PROMPT_LENGTHS = jnp.array([9, 8]), jnp.array([2, 1])
+
+
+def test_step_ends_by_separator_by_length_and_both():
+    by_separator = np.asarray(its.tokens.step_ends(TOKENS, LENGTHS, PROMPT_LENGTHS, separator_id=SEP))
+    np.testing.assert_array_equal(np.flatnonzero(by_separator[0]), [3, 8])
+    np.testing.assert_array_equal(np.flatnonzero(by_separator[1]), [5, 6, 7])        # last, partial step
+    by_length = np.asarray(its.tokens.step_ends(TOKENS, LENGTHS, PROMPT_LENGTHS, step_length=3))
+    np.testing.assert_array_equal(np.flatnonzero(by_length[0]), [4, 7, 8])
+    np.testing.assert_array_equal(np.flatnonzero(by_length[1]), [3, 6, 7])
+    both = np.asarray(its.tokens.step_ends(TOKENS, LENGTHS, PROMPT_LENGTHS, separator_id=SEP, step_length=3))
+    np.testing.assert_array_equal(np.flatnonzero(both[0]), [3, 6, 8])
+    np.testing.assert_array_equal(np.flatnonzero(both[1]), [3, 5, 6, 7])
+    index = np.asarray(its.tokens.step_index(TOKENS, LENGTHS, PROMPT_LENGTHS, separator_id=SEP))
+    np.testing.assert_array_equal(index[0], [-1, -1, 0, 0, 1, 1, 1, 1, 1, -1, -1])
+    np.testing.assert_array_equal(index[1], [-1, 0, 0, 0, 0, 0, 1, 2, -1, -1, -1])
+
+
+def test_step_split_errors():
+    with pytest.raises(ValueError, match="separator_id"):
+        its.tokens.step_ends(TOKENS, LENGTHS, PROMPT_LENGTHS)
+    with pytest.raises(ValueError, match="step_length"):
+        its.tokens.step_ends(TOKENS, LENGTHS, PROMPT_LENGTHS, step_length=0)
+    with pytest.raises(ValueError, match="shape"):
+        its.tokens.step_ends(TOKENS, LENGTHS[:1], PROMPT_LENGTHS, separator_id=SEP)
+    with pytest.raises(TypeError, match="step_length"):
+        its.tokens.step_rollout(lambda t, c: (t, c), step_length=None, max_new_tokens=4)
+
+
+def test_step_rollout_generates_one_step_per_run_step():
+    rng = np.random.default_rng(0)
+    model = its.models.MarkovLM(np.zeros(4), rng.normal(size=(4, 4)))
+    batch, prompt_len, new, step_length = 32, 2, 8, 3
+    prompts = jnp.asarray(rng.integers(0, 4, size=(batch, prompt_len)))
+    key = jax.random.key(3)
+    sampler = its.tokens.step_rollout(model.logits_fn, step_length=step_length, separator_id=SEP,
+                                      max_new_tokens=new)
+    result = its.run(sampler, key, prompts, num_steps=new, trace=lambda state: state.seq.generated)
+    out = result.output
+    rollout = its.tokens.rollout(model.logits_fn, max_new_tokens=new)
+    reference = its.run(rollout, key, prompts, num_steps=new).output
+    for field in ("tokens", "log_probs", "sample_log_probs", "lengths"):
+        np.testing.assert_array_equal(np.asarray(getattr(out, field)), np.asarray(getattr(reference, field)))
+    # after run step k, each row holds exactly its first k reasoning steps
+    ends = np.asarray(its.tokens.step_ends(out.tokens, out.lengths, out.prompt_lengths, separator_id=SEP,
+                                           step_length=step_length))
+    generated = np.asarray(result.trace.state)                                   # (num_steps, batch)
+    for row in range(batch):
+        boundaries = np.flatnonzero(ends[row]) - prompt_len + 1                  # tokens after each step
+        expected = np.minimum(np.append(boundaries, new)[np.minimum(np.arange(new), boundaries.size)], new)
+        np.testing.assert_array_equal(generated[:, row], expected)
+    increments = np.diff(np.concatenate([np.zeros((1, batch), int), generated]), axis=0)
+    assert int(result.stats.nfe) == batch * prompt_len + batch * increments.max(axis=1).sum()
+    assert increments.max() <= step_length
+    np.testing.assert_allclose(np.asarray(result.trace.info["log_prob"]).sum(0),
+                               np.asarray(out.sample_log_probs).sum(1), atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(result.trace.info["step_tokens"]), increments)
