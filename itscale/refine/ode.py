@@ -67,6 +67,15 @@ def _times_rule(grid, path: Path | None) -> Callable[[int, jnp.dtype], jax.Array
     return explicit
 
 
+def _schedule_row(spec, path, times, step) -> dict:
+    """This step's row of the solver's coefficient tables. The tables depend only on the constant grid,
+    so XLA folds them into constants (or hoists them out of the loop): the loop body gathers a few
+    scalars instead of re-deriving alpha, sigma, lambda and the solver weights at every step."""
+    if spec.schedule is None:
+        return {}
+    return {k: jnp.asarray(v, times.dtype)[step] for k, v in spec.schedule(path, times).items()}
+
+
 def ode(velocity_fn: Callable, solver: str = "euler", grid="uniform", path: Path | None = None) -> Sampler:
     """A sampler integrating dx/dt = velocity_fn(x, t) from t_max to t_min; see the module docstring.
 
@@ -101,6 +110,7 @@ def ode(velocity_fn: Callable, solver: str = "euler", grid="uniform", path: Path
 
     def step(key, state, ctx, params):
         times = times_rule(ctx.num_steps, state.x.dtype)
-        return spec.step(model, state, Clock(times, ctx.step), key, params)
+        return spec.step(model, state, Clock(times, ctx.step, _schedule_row(spec, path, times, ctx.step)),
+                         key, params)
 
     return Sampler(init, step, lambda state: state.x, spec.params)

@@ -17,18 +17,21 @@ STEPS = (8, 16, 32)
 GRID = its.paths.Grid("uniform", t_min=0.0, t_max=1.0)
 
 
+SOLVERS = ["euler", "midpoint", "heun", "rk4"]
+
+
 @pytest.fixture(scope="module")
-def problem():
+def measured_errors():
     path = its.paths.linear()
     velocity = ref.mixture().velocity(path)
     x = ref.noise()
-    return velocity, x, ref.reference_solve(velocity, x, 1.0, 0.0)
+    reference = ref.reference_solve(velocity, x, 1.0, 0.0)
+    return ref.errors({s: its.refine.ode(velocity, s, grid=GRID) for s in SOLVERS}, x, reference, STEPS)
 
 
-@pytest.mark.parametrize("solver", ["euler", "midpoint", "heun", "rk4"])
-def test_measured_order_matches_declared_order(problem, solver):
-    velocity, x, reference = problem
-    errs = ref.errors(its.refine.ode(velocity, solver, grid=GRID), x, reference, STEPS)
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_measured_order_matches_declared_order(measured_errors, solver):
+    errs = measured_errors[solver]
     assert np.all(np.diff(errs) < 0), errs
     order = ref.measured_order(STEPS, errs)
     assert abs(order - its.refine.SOLVERS[solver].order) <= 0.3, (solver, order, errs)

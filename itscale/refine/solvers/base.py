@@ -1,13 +1,17 @@
 """What every ODE solver shares: its static declaration, the model it calls and the clock it reads.
 
 A solver is a :class:`Solver` record (its name, declared ``order`` and ``nfe_per_step``, whether it
-needs the path, default hyper-parameters) plus two pure functions,
+needs the path, default hyper-parameters) plus pure functions,
 
-* ``init(x) -> state``                                    a NamedTuple, every leaf shaped like ``x``
+* ``init(x) -> state``                                      a NamedTuple, every leaf shaped like ``x``
+* ``schedule(path, times) -> {name: (n,) array}``           optional per-step scalar coefficients
 * ``step(model, state, clock, key, params) -> (state, info)``  one step from ``clock.t()`` to ``clock.t(1)``
 
-that :func:`itscale.refine.ode` turns into an :class:`itscale.Sampler`. The declarations are what the
-convergence tests measure against (as diffrax's solvers declare ``order()``).
+that :func:`itscale.refine.ode` turns into an :class:`itscale.Sampler`. The schedule depends only on the
+(static) grid, so ``ode`` evaluates it once at trace time into constant tables and each step reads one
+row (``clock.coef``): the loop body is then the model call and a few fused array updates, like the
+precomputed schedules of diffusers/k-diffusion. The declarations are what the convergence tests
+measure against (as diffrax's solvers declare ``order()``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Solver(NamedTuple):
     order: global order of accuracy p (error at t_min = O(h^p) on a smooth grid).
     nfe_per_step: network evaluations per step and per sample.
     needs_path: whether the step needs x0 / eps predictions (exponential integrators).
+    schedule: ``fn(path, times) -> {name: array of shape (n,)}`` or None.
     params: default hyper-parameters (traced: changing them never recompiles), or None.
     reference: the paper the update rule comes from.
     """
@@ -39,6 +44,7 @@ class Solver(NamedTuple):
     needs_path: bool
     init: Callable[[jax.Array], Any]
     step: Callable[..., tuple[Any, dict]]
+    schedule: Callable[..., dict] | None = None
     params: Any = None
     reference: str = ""
 
@@ -55,39 +61,27 @@ class Model(NamedTuple):
         checks.model_output("velocity_fn", u, x)
         return u
 
-    def x0(self, u, x, t) -> jax.Array:
-        """x0_hat = (sigma u - sigma_dot x) / (alpha_dot sigma - alpha sigma_dot)."""
-        return conversions.x0_from_velocity(self.path, u, x, t)
-
-    def eps(self, u, x, t) -> jax.Array:
-        """eps_hat = (alpha_dot x - alpha u) / (alpha_dot sigma - alpha sigma_dot)."""
-        return conversions.eps_from_velocity(self.path, u, x, t)
-
     def info(self, u, x, t) -> dict:
         """The step's info: ``{"x0_hat": ...}`` at the pre-step state when the path is known, else ``{}``."""
-        return {} if self.path is None else {"x0_hat": self.x0(u, x, t)}
-
-    def alpha_sigma(self, t, x) -> tuple[jax.Array, jax.Array]:
-        """(alpha(t), sigma(t)) in ``x``'s dtype."""
-        alpha, sigma, _, _ = self.path.coefficients(t, x)
-        return alpha, sigma
-
-    def half_log_snr(self, t, x) -> jax.Array:
-        """lambda(t) = log(alpha / sigma), the time of DPM-Solver (Lu et al. 2022, arXiv 2206.00927)."""
-        return (0.5 * self.path.log_snr(t)).astype(jnp.result_type(x))
+        return {} if self.path is None else {"x0_hat": conversions.x0_from_velocity(self.path, u, x, t)}
 
 
 class Clock(NamedTuple):
-    """The grid ``times`` (t_0 = t_max > ... > t_n = t_min) and the traced index ``step`` of this step."""
+    """The grid ``times`` (t_0 = t_max > ... > t_n = t_min), the traced index ``step`` of this step and
+    ``coef``, this step's row of the solver's schedule (scalars)."""
 
     times: jax.Array
     step: jax.Array
+    coef: dict
 
     def t(self, offset: int = 0) -> jax.Array:
-        """t_{step + offset}, clipped to the grid (multistep solvers mask what the clip makes up)."""
+        """t_{step + offset}, clipped to the grid."""
         index = jnp.clip(self.step + offset, 0, self.times.shape[0] - 1)
         return self.times[index]
 
-    def has_history(self, depth: int = 1) -> jax.Array:
-        """Whether ``depth`` earlier model evaluations exist (False in the first ``depth`` steps)."""
-        return self.step >= depth
+
+def linear_in_velocity(convert: Callable, path: Path, times) -> tuple[jax.Array, jax.Array]:
+    """(a, b) with convert(path, u, x, t) = a(t) u + b(t) x at each time: the conversions of
+    :mod:`itscale.paths.conversions` are linear in (u, x), so unit inputs give their coefficients."""
+    ones, zeros = jnp.ones_like(times), jnp.zeros_like(times)
+    return convert(path, ones, zeros, times), convert(path, zeros, ones, times)

@@ -18,27 +18,35 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from itscale.paths import conversions
+from itscale.paths.path import Path
 from itscale.refine.gaussian_transition import gaussian_move
-from itscale.refine.solvers.base import Clock, Model, Solver
+from itscale.refine.solvers.base import Clock, Model, Solver, linear_in_velocity
 
 
 class DDIMState(NamedTuple):
     x: jax.Array
 
 
+def _schedule(path: Path, times) -> dict:
+    t, s = times[:-1], times[1:]
+    x0_u, x0_x = linear_in_velocity(conversions.x0_from_velocity, path, t)
+    eps_u, eps_x = linear_in_velocity(conversions.eps_from_velocity, path, t)
+    alpha_s, sigma_s = path.alpha(s), path.sigma(s)
+    rho = path.alpha(t) * sigma_s / (path.sigma(t) * alpha_s)
+    return {"x0_u": x0_u, "x0_x": x0_x, "eps_u": eps_u, "eps_x": eps_x, "alpha_s": alpha_s,
+            "sigma_s": sigma_s, "std_per_eta": sigma_s * jnp.sqrt(jnp.maximum(1.0 - rho**2, 0.0))}
+
+
 def _step(model: Model, state: DDIMState, clock: Clock, key, params):
-    x, t, s = state.x, clock.t(), clock.t(1)
-    u = model.velocity(x, t)
-    x0, eps = model.x0(u, x, t), model.eps(u, x, t)
-    alpha_t, sigma_t = model.alpha_sigma(t, x)
-    alpha_s, sigma_s = model.alpha_sigma(s, x)
-    eta = jnp.asarray(params["eta"], x.dtype)
-    rho = alpha_t * sigma_s / (sigma_t * alpha_s)
-    c = eta * sigma_s * jnp.sqrt(jnp.maximum(1.0 - rho**2, 0.0))
-    mean = alpha_s * x0 + jnp.sqrt(jnp.maximum(sigma_s**2 - c**2, 0.0)) * eps
+    x, k = state.x, clock.coef
+    u = model.velocity(x, clock.t())
+    x0, eps = k["x0_u"] * u + k["x0_x"] * x, k["eps_u"] * u + k["eps_x"] * x
+    c = jnp.asarray(params["eta"], x.dtype) * k["std_per_eta"]
+    mean = k["alpha_s"] * x0 + jnp.sqrt(jnp.maximum(k["sigma_s"] ** 2 - c**2, 0.0)) * eps
     x_s, log_prob = gaussian_move(key, mean, c)
     return DDIMState(x_s), {"x0_hat": x0, "log_prob": log_prob}
 
 
 ddim = Solver(name="ddim", order=1, nfe_per_step=1, needs_path=True, init=DDIMState, step=_step,
-              params={"eta": 0.0}, reference="Song et al. 2021, arXiv 2010.02502")
+              schedule=_schedule, params={"eta": 0.0}, reference="Song et al. 2021, arXiv 2010.02502")

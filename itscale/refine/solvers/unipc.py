@@ -16,6 +16,7 @@ Each step makes one model call, at the predicted point x~_i, and uses it twice:
 
 The corrector raises the order from 2 to 3 at no extra model call. The first step has no history
 (first-order predictor, no corrector); the last step is not corrected (that would cost a call).
+All scalar weights are tabulated per grid step by ``_schedule``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from itscale.refine.solvers.base import Clock, Model, Solver
-from itscale.refine.solvers.exponential import data_update, two_step_estimate
+from itscale.paths import conversions
+from itscale.paths.path import Path
+from itscale.refine.solvers.base import Clock, Model, Solver, linear_in_velocity
+from itscale.refine.solvers.exponential import (grid_neighbours, half_log_snr, two_step_weight,
+                                                update_coefficients)
 
 _SERIES_CUTOFF = 0.1  # |z| below which phi_k uses its Taylor series (the recursion cancels badly)
 _SERIES_TERMS = 9
@@ -61,9 +65,11 @@ def _phi(z) -> tuple[jax.Array, jax.Array, jax.Array]:
     return tuple(jnp.where(small, s, d) for s, d in zip(series, (phi1, phi2, phi3)))
 
 
-def corrected_estimate(model: Model, x, m_new, m_prev, m_prev2, t_prev2, t_prev, t, has_prev2) -> jax.Array:
-    """The UniC-2 estimate d for the step t_prev -> t (UniC-1 when only one earlier evaluation exists)."""
-    lam_prev2, lam_prev, lam_t = (model.half_log_snr(u, x) for u in (t_prev2, t_prev, t))
+def corrector_weights(path: Path, t_prev2, t_prev, t, has_prev2) -> tuple[jax.Array, jax.Array]:
+    """(rho_new, rho_old) of the UniC estimate for the step t_prev -> t,
+    d = m_prev + rho_new (m_new - m_prev) + rho_old (m_prev2 - m_prev); UniC-1 (rho_old = 0) when only one
+    earlier evaluation exists or a log-SNR step is infinite."""
+    lam_prev2, lam_prev, lam_t = (half_log_snr(path, u) for u in (t_prev2, t_prev, t))
     h = lam_t - lam_prev
     finite = jnp.isfinite(h)
     phi1, phi2, phi3 = _phi(jnp.where(finite, -h, -1.0))
@@ -73,21 +79,31 @@ def corrected_estimate(model: Model, x, m_new, m_prev, m_prev2, t_prev2, t_prev,
     ok2 = has_prev2 & finite & jnp.isfinite(r1) & (r1 < 0)
     r1 = jnp.where(ok2, r1, -1.0)
     rho1 = jnp.where(ok2, (b1 - b2) / (1.0 - r1), 0.0)
-    rho2 = b1 - rho1
-    return m_prev + rho2 * (m_new - m_prev) + (rho1 / r1) * (m_prev2 - m_prev)
+    return b1 - rho1, rho1 / r1
+
+
+def _schedule(path: Path, times) -> dict:
+    index, t_prev2, t_prev, t, s = grid_neighbours(times)
+    x0_u, x0_x = linear_in_velocity(conversions.x0_from_velocity, path, t)
+    ratio, weight = update_coefficients(path, t, s)
+    ratio_c, weight_c = update_coefficients(path, t_prev, t)
+    rho_new, rho_old = corrector_weights(path, t_prev2, t_prev, t, index >= 2)
+    return {"x0_u": x0_u, "x0_x": x0_x, "ratio": ratio, "weight": weight,
+            "w": two_step_weight(path, t_prev, t, s, index >= 1), "correct": (index >= 1).astype(t.dtype),
+            "ratio_c": ratio_c, "weight_c": weight_c, "rho_new": rho_new, "rho_old": rho_old}
 
 
 def _step(model: Model, state: UniPCState, clock: Clock, key, params):
-    x, t_prev2, t_prev, t, s = state.x, clock.t(-2), clock.t(-1), clock.t(), clock.t(1)
-    u = model.velocity(x, t)
-    m = model.x0(u, x, t)
-    d_corrector = corrected_estimate(model, x, m, state.x0_prev, state.x0_prev2, t_prev2, t_prev, t,
-                                     clock.has_history(2))
-    x_corrected = jnp.where(clock.has_history(1), data_update(model, state.x_prev, d_corrector, t_prev, t), x)
-    d_predictor = two_step_estimate(model, x_corrected, m, state.x0_prev, t_prev, t, s, clock.has_history(1))
-    x_next = data_update(model, x_corrected, d_predictor, t, s)
+    x, k = state.x, clock.coef
+    m = k["x0_u"] * model.velocity(x, clock.t()) + k["x0_x"] * x
+    d_corrector = (state.x0_prev + k["rho_new"] * (m - state.x0_prev)
+                   + k["rho_old"] * (state.x0_prev2 - state.x0_prev))
+    corrected = k["ratio_c"] * state.x_prev + k["weight_c"] * d_corrector
+    x_corrected = jnp.where(k["correct"] > 0, corrected, x)
+    d_predictor = m + k["w"] * (m - state.x0_prev)
+    x_next = k["ratio"] * x_corrected + k["weight"] * d_predictor
     return UniPCState(x_next, x_corrected, m, state.x0_prev), {"x0_hat": m}
 
 
 unipc = Solver(name="unipc", order=3, nfe_per_step=1, needs_path=True, init=_init, step=_step,
-               reference="Zhao et al. 2023, arXiv 2302.04867")
+               schedule=_schedule, reference="Zhao et al. 2023, arXiv 2302.04867")
