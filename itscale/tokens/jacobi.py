@@ -85,7 +85,7 @@ def jacobi(logits_fn: Callable, *, block: int | None = None, temperature: float 
         decode = prefill(model, key, x, max_new_tokens=max_new_tokens, extra_slots=width, decoding=decoding)
         logits = decode.next_logits
         gumbel = gumbel_at(decode.noise_keys, decode.seq.position[:, None], logits.shape[-1],
-                           sampling.model_log_probs(logits).dtype)[:, 0]
+                           sampling.float_dtype(logits.dtype))[:, 0]
         guess = first_guess(logits, gumbel, params)
         return JacobiState(decode, guess.astype(jnp.int32), jnp.zeros_like(decode.seq.position))
 

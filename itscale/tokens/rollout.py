@@ -57,14 +57,12 @@ def prefill(model: TokenModel, key, x, *, max_new_tokens: int, extra_slots: int,
     prompts, lengths = sequences.parse_prompts(x)
     batch, prompt_len = prompts.shape
     model.check_length(prompt_len, max_new_tokens)
-    start = prompt_len - lengths
+    aligned, start = sequences.align_prompts(prompts, lengths, decoding.pad_id)
     cache = model.new_cache(batch, prompt_len + max_new_tokens + extra_slots, start)
-    seq = sequences.start_sequences(prompts, lengths, max_new_tokens, decoding.pad_id, jnp.float32)
-    logits, cache = model(seq.tokens[:, :prompt_len], cache)
+    logits, cache = model(aligned, cache)
     decoding.check_vocab(logits.shape[-1])
-    dtype = sampling.model_log_probs(logits[:, -1]).dtype
-    seq = seq._replace(log_probs=seq.log_probs.astype(dtype),
-                       sample_log_probs=seq.sample_log_probs.astype(dtype))
+    seq = sequences.start_sequences(aligned, start, max_new_tokens, decoding.pad_id,
+                                    sampling.float_dtype(logits.dtype))
     return RolloutState(seq, cache, logits[:, -1], row_keys(key, batch))
 
 

@@ -73,8 +73,13 @@ def check_token_id(name: str, value) -> int:
     return int(value)
 
 
+def float_dtype(logits_dtype):
+    """Dtype of the log-probabilities computed from logits of ``logits_dtype`` (at least float32)."""
+    return jnp.promote_types(logits_dtype, jnp.float32)
+
+
 def _sanitize(logits: jax.Array) -> jax.Array:
-    x = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    x = logits.astype(float_dtype(logits.dtype))
     return jnp.where(jnp.isnan(x), -jnp.inf, jnp.minimum(x, jnp.finfo(x.dtype).max))
 
 

@@ -100,18 +100,24 @@ def parse_prompts(x) -> tuple[jax.Array, jax.Array]:
     return prompts, jnp.clip(lengths, 1, prompt_len).astype(jnp.int32)
 
 
-def start_sequences(prompts: jax.Array, lengths: jax.Array, max_new_tokens: int, pad_id: int,
-                    dtype) -> Sequences:
-    """Buffer with the prompts right-aligned and ``max_new_tokens`` pad columns after them."""
-    batch, prompt_len = prompts.shape
-    start = prompt_len - lengths
+def align_prompts(prompts: jax.Array, lengths: jax.Array, pad_id: int) -> tuple[jax.Array, jax.Array]:
+    """Right-align right-padded prompts: ``(aligned (batch, P), start (batch,))``, ``start = P - lengths``."""
+    prompt_len = prompts.shape[1]
+    start = (prompt_len - lengths).astype(jnp.int32)
     source = jnp.arange(prompt_len) - start[:, None]
     aligned = jnp.where(source >= 0, jnp.take_along_axis(prompts, jnp.maximum(source, 0), axis=1), pad_id)
+    return aligned.astype(jnp.int32), start
+
+
+def start_sequences(aligned: jax.Array, start: jax.Array, max_new_tokens: int, pad_id: int,
+                    dtype) -> Sequences:
+    """Buffer with the right-aligned prompts and ``max_new_tokens`` pad columns after them; log-probs in
+    ``dtype``."""
+    batch = aligned.shape[0]
     tokens = jnp.concatenate([aligned, jnp.full((batch, max_new_tokens), pad_id, jnp.int32)], axis=1)
     zeros = jnp.zeros((batch, max_new_tokens), dtype)
     counter = jnp.zeros((batch,), jnp.int32)
-    return Sequences(tokens.astype(jnp.int32), zeros, zeros, start.astype(jnp.int32), counter, counter,
-                     jnp.zeros((batch,), bool))
+    return Sequences(tokens, zeros, zeros, start, counter, counter, jnp.zeros((batch,), bool))
 
 
 def append(seq: Sequences, tokens: jax.Array, log_probs: jax.Array, sample_log_probs: jax.Array,

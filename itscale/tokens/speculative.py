@@ -79,18 +79,25 @@ class SpeculativeState(NamedTuple):
     tests: jax.Array
 
 
-def _prefill(model: TokenModel, seq: Sequences, num_slots: int) -> Any:
+def residual_log_law(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+    """``log norm(max(0, p - q))`` on the last axis; ``log p`` where ``p <= q`` everywhere (p = q up to
+    rounding, when a rejection has probability zero anyway)."""
+    residual = jnp.exp(log_p) - jnp.exp(log_q)
+    positive = residual > 0
+    log_r = sampling.log_normalize(jnp.where(positive, jnp.log(jnp.where(positive, residual, 1)), -jnp.inf))
+    return jnp.where(jnp.any(positive, axis=-1, keepdims=True), log_r, log_p)
+
+
+def _prefill(model: TokenModel, aligned: jax.Array, start: jax.Array, num_slots: int) -> Any:
     """Cache holding all prompt tokens but the last one."""
-    batch, prompt_len = seq.tokens.shape[0], seq.prompt_len
-    cache = model.new_cache(batch, num_slots, seq.start)
-    if prompt_len > 1:
-        _, cache = model(seq.tokens[:, :prompt_len - 1], cache)
+    cache = model.new_cache(aligned.shape[0], num_slots, start)
+    if aligned.shape[1] > 1:
+        _, cache = model(aligned[:, :-1], cache)
     return cache
 
 
-def _vocab_size(model: TokenModel, seq: Sequences, cache) -> tuple[int, Any]:
-    shape = counting.eval_shape(model, seq.tokens[:, :1], cache)[0]
-    return shape.shape[-1], shape.dtype
+def _logits_shape(model: TokenModel, aligned: jax.Array, cache: Any) -> jax.ShapeDtypeStruct:
+    return counting.eval_shape(model, aligned[:, -1:], cache)[0]
 
 
 def speculative(target_logits_fn: Callable, draft_logits_fn: Callable, *, gamma: int,
@@ -119,18 +126,18 @@ def speculative(target_logits_fn: Callable, draft_logits_fn: Callable, *, gamma:
         prompts, lengths = sequences.parse_prompts(x)
         batch, prompt_len = prompts.shape
         target.check_length(prompt_len, max_new_tokens)
-        seq = sequences.start_sequences(prompts, lengths, max_new_tokens, decoding.pad_id, jnp.float32)
+        aligned, start = sequences.align_prompts(prompts, lengths, decoding.pad_id)
         num_slots = prompt_len + max_new_tokens + gamma + 1
-        target_cache, draft_cache = _prefill(target, seq, num_slots), _prefill(draft, seq, num_slots)
-        vocab, dtype = _vocab_size(target, seq, target_cache)
-        draft_vocab = _vocab_size(draft, seq, draft_cache)[0]
+        target_cache = _prefill(target, aligned, start, num_slots)
+        draft_cache = _prefill(draft, aligned, start, num_slots)
+        logits = _logits_shape(target, aligned, target_cache)
+        vocab, draft_vocab = logits.shape[-1], _logits_shape(draft, aligned, draft_cache).shape[-1]
         if draft_vocab != vocab:
             raise ValueError(f"draft_logits_fn has a vocabulary of {draft_vocab} tokens but target_logits_fn "
                              f"has {vocab}; speculative sampling needs the same vocabulary")
         decoding.check_vocab(vocab)
-        dtype = jnp.promote_types(dtype, jnp.float32)
-        seq = seq._replace(log_probs=seq.log_probs.astype(dtype),
-                           sample_log_probs=seq.sample_log_probs.astype(dtype))
+        seq = sequences.start_sequences(aligned, start, max_new_tokens, decoding.pad_id,
+                                        sampling.float_dtype(logits.dtype))
         zeros = jnp.zeros((batch,), jnp.int32)
         keys = noise.row_keys(key, batch)
         return SpeculativeState(seq, target_cache, draft_cache, keys, zeros, zeros, zeros)
@@ -167,11 +174,8 @@ def speculative(target_logits_fn: Callable, draft_logits_fn: Callable, *, gamma:
         # Correction at index k: norm(max(0, p_k - q_k)), or p_{gamma+1} (q = 0) after gamma acceptances.
         rows = jnp.arange(k.shape[0])
         p_k = log_p[rows, k]
-        q_k = jnp.where((k < gamma)[:, None], jnp.concatenate([log_q, log_q[:, :1]], 1)[rows, k], -jnp.inf)
-        residual = jnp.exp(p_k) - jnp.exp(q_k)
-        log_r = sampling.log_normalize(jnp.where(residual > 0, jnp.log(jnp.where(residual > 0, residual, 1)),
-                                                 -jnp.inf))
-        log_r = jnp.where(jnp.isfinite(jnp.max(log_r, -1, keepdims=True)), log_r, p_k)
+        q_k = jnp.where((k < gamma)[:, None], log_q[rows, jnp.minimum(k, gamma - 1)], -jnp.inf)
+        log_r = residual_log_law(p_k, q_k)
         gumbel = noise.gumbel_at(state.noise_keys, (seq.position + k)[:, None], log_p.shape[-1],
                                  log_p.dtype)[:, 0]
         correction = sampling.gumbel_max(log_r, gumbel, decoding.pad_id)
