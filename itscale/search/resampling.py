@@ -1,9 +1,11 @@
 """Resampling: pure ``(key, log_weights) -> indices`` maps, ESS and log-weight normalisation.
 
 Every resampler draws ``num_samples`` ancestor indices with E[#copies of i] = num_samples · w_i,
-where w = softmax(log_weights), by inverting the cumulative weights with ``searchsorted`` on
-uniforms (Douc, Cappé & Moulines 2005, "Comparison of resampling schemes for particle filtering",
-arXiv cs/0507025; the same layout as ``blackjax.smc.resampling``):
+where w = softmax(log_weights), by inverting the cumulative weights at uniforms (Douc, Cappé &
+Moulines 2005, "Comparison of resampling schemes for particle filtering", arXiv cs/0507025; the
+layout of ``blackjax.smc.resampling``). For the sorted uniforms of the stratified and systematic
+schemes the number of uniforms below each cdf_i is known in closed form, so their indices come from
+a scatter-add and a cumsum in O(N + M), with no search; multinomial draws use ``searchsorted``.
 
 * ``multinomial``: M independent uniforms u_j ~ U[0, 1).
 * ``stratified``: one uniform per stratum, u_j = (j + U_j) / M.
@@ -12,7 +14,7 @@ arXiv cs/0507025; the same layout as ``blackjax.smc.resampling``):
   multinomially from the residual weights M w_i − floor(M w_i).
 
 Log-weights may be ``-inf`` (impossible particles): such a particle is never chosen, also under
-float rounding of the cumulative sum. When *every* weight is ``-inf`` there is no distribution to
+float rounding of the cumulative sum (see ``_cdf``). When *every* weight is ``-inf`` there is no distribution to
 resample from; the resamplers then fall back to uniform weights (never NaN) and
 :func:`all_impossible` reports the case so callers can surface it.
 """
@@ -66,18 +68,34 @@ def _probabilities(log_weights) -> jax.Array:
     return jnp.exp(log_normalize(log_weights))
 
 
-def _inverse_cdf(probabilities, uniforms) -> jax.Array:
-    """Indices i with cdf[i-1] <= u < cdf[i]; a zero-probability particle is never returned.
+def _prefix(op, values) -> jax.Array:
+    """Inclusive prefix reduction by a parallel scan (Blelloch 1990): O(N log N) work in log N steps,
+    several times faster on CPU than the windowed reduction ``jnp.cumsum`` lowers to."""
+    return jax.lax.associative_scan(op, values)
 
-    The cdf is divided by its last entry so it ends at exactly 1 (u < 1 then never runs past the
-    end); a u rounded up to 1 is mapped to the last particle of positive probability.
+
+def _cdf(probabilities) -> jax.Array:
+    """Cumulative weights, exactly equal across zero-weight particles and ending at exactly 1.
+
+    A prefix sum computed by a tree (as XLA may) can round so that a zero-weight particle opens a gap
+    of one ulp; taking the running max over the positive-weight entries only (leading zeros: −inf)
+    rules that out, and dividing by the last entry makes it 1, so u < 1 never passes the end.
     """
-    n = probabilities.shape[-1]
-    cdf = jnp.cumsum(probabilities)
-    cdf = cdf / cdf[-1]
-    indices = jnp.searchsorted(cdf, uniforms, side="right")
-    last_positive = n - 1 - jnp.argmax(probabilities[::-1] > 0)
-    return jnp.minimum(indices, last_positive).astype(jnp.int32)
+    raw = jnp.where(probabilities > 0, _prefix(jnp.add, probabilities), -jnp.inf)
+    cdf = _prefix(jnp.maximum, raw)
+    return cdf / cdf[-1]
+
+
+def _inverse_cdf(probabilities, uniforms) -> jax.Array:
+    """Indices i with cdf[i-1] <= u < cdf[i] for u in [0, 1) (``searchsorted``, O(M log N))."""
+    return jnp.searchsorted(_cdf(probabilities), uniforms, side="right").astype(jnp.int32)
+
+
+def _fill_slots(cumulative_copies, num_samples: int) -> jax.Array:
+    """Slot j -> particle #{i : C_i <= j}, for nondecreasing cumulative copy counts C_i in [0, M]:
+    particle i fills slots C_{i-1} .. C_i - 1 (O(N + M): a scatter-add and a cumsum, no search)."""
+    marks = jnp.zeros(num_samples + 1, jnp.int32).at[cumulative_copies].add(1)
+    return _prefix(jnp.add, marks)[:num_samples]
 
 
 def _num_samples(log_weights, num_samples) -> int:
@@ -87,26 +105,37 @@ def _num_samples(log_weights, num_samples) -> int:
 
 
 def multinomial(key, log_weights, num_samples: int | None = None) -> jax.Array:
-    """``num_samples`` i.i.d. draws from softmax(log_weights) (sorted uniforms not needed)."""
+    """``num_samples`` i.i.d. draws from softmax(log_weights), in the order drawn."""
     m = _num_samples(log_weights, num_samples)
     probabilities = _probabilities(log_weights)
     return _inverse_cdf(probabilities, jax.random.uniform(key, (m,), probabilities.dtype))
 
 
 def stratified(key, log_weights, num_samples: int | None = None) -> jax.Array:
-    """Stratified resampling: u_j = (j + U_j) / M, U_j i.i.d. uniform."""
+    """Stratified resampling: u_j = (j + U_j) / M, U_j i.i.d. uniform; sorted indices.
+
+    With a_i = M cdf_i and f_i = clip(floor(a_i), 0, M), the number of u_j below cdf_i is
+    C_i = f_i + [U_{f_i} < a_i − f_i] (strata j < f_i lie wholly below), computed in closed form.
+    """
     m = _num_samples(log_weights, num_samples)
     probabilities = _probabilities(log_weights)
-    u = (jnp.arange(m, dtype=probabilities.dtype) + jax.random.uniform(key, (m,), probabilities.dtype)) / m
-    return _inverse_cdf(probabilities, u)
+    uniforms = jax.random.uniform(key, (m,), probabilities.dtype)
+    scaled = m * _cdf(probabilities)
+    whole = jnp.clip(jnp.floor(scaled), 0, m).astype(jnp.int32)
+    partial = (whole < m) & (uniforms[jnp.minimum(whole, m - 1)] < scaled - whole)
+    return _fill_slots(whole + partial.astype(jnp.int32), m)
 
 
 def systematic(key, log_weights, num_samples: int | None = None) -> jax.Array:
-    """Systematic resampling: u_j = (j + U) / M with one shared uniform U."""
+    """Systematic resampling: u_j = (j + U) / M with one shared uniform U; sorted indices.
+
+    The number of u_j below cdf_i is C_i = clip(ceil(M cdf_i − U), 0, M), computed in closed form.
+    """
     m = _num_samples(log_weights, num_samples)
     probabilities = _probabilities(log_weights)
-    u = (jnp.arange(m, dtype=probabilities.dtype) + jax.random.uniform(key, (), probabilities.dtype)) / m
-    return _inverse_cdf(probabilities, u)
+    shift = jax.random.uniform(key, (), probabilities.dtype)
+    below = jnp.clip(jnp.ceil(m * _cdf(probabilities) - shift), 0, m).astype(jnp.int32)
+    return _fill_slots(below, m)
 
 
 def residual(key, log_weights, num_samples: int | None = None) -> jax.Array:
@@ -118,14 +147,12 @@ def residual(key, log_weights, num_samples: int | None = None) -> jax.Array:
     probabilities = _probabilities(log_weights)
     scaled = m * probabilities
     copies = jnp.floor(scaled)
-    ends = jnp.cumsum(copies).astype(jnp.int32)
-    positions = jnp.arange(m, dtype=jnp.int32)
-    deterministic = jnp.minimum(jnp.searchsorted(ends, positions, side="right"), probabilities.shape[-1] - 1)
+    ends = jnp.minimum(_prefix(jnp.add, copies), m).astype(jnp.int32)
+    deterministic = _fill_slots(ends, m)
     leftover = scaled - copies
-    has_leftover = jnp.sum(leftover) > 0
-    leftover = jnp.where(has_leftover, leftover, probabilities)  # unused when no draw is needed
+    leftover = jnp.where(jnp.sum(leftover) > 0, leftover, probabilities)  # unused when no draw is needed
     random = _inverse_cdf(leftover, jax.random.uniform(key, (m,), probabilities.dtype))
-    return jnp.where(positions < ends[-1], deterministic, random).astype(jnp.int32)
+    return jnp.where(jnp.arange(m) < ends[-1], deterministic, random).astype(jnp.int32)
 
 
 RESAMPLERS: dict[str, Callable[..., jax.Array]] = {

@@ -101,6 +101,23 @@ class SMCOutput(NamedTuple):
     invalid_rewards: jax.Array
 
 
+def _free_and_alike(finalize, look, state, info) -> bool:
+    """Static check: ``finalize(state)`` and ``look(state, info)`` make no counted (model / verifier)
+    calls and return pytrees of the same structure, shapes and dtypes."""
+    calls = []
+
+    def probe(state, info):
+        with counting.ledger() as led:
+            out = finalize(state), look(state, info)
+        calls.append(any(led.entries[kind] for kind in counting.KINDS))
+        return out
+
+    final, ahead = jax.eval_shape(probe, state, info)
+    same = jax.tree.structure(final) == jax.tree.structure(ahead) and all(
+        (a.shape, a.dtype) == (b.shape, b.dtype) for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(ahead)))
+    return same and not calls[0]
+
+
 def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential: str = "difference",
         resample: str = "systematic", ess_threshold: float = 0.5, lam: float = 1.0,
         preview: Callable[[Any, Any], Any] | None = None) -> Sampler:
@@ -157,6 +174,10 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
         if preview is None and not (isinstance(info, Mapping) and "x0_hat" in info):
             return score(sampler.finalize(new_base))
         look = preview if preview is not None else (lambda state, step_info: step_info["x0_hat"])
+        if _free_and_alike(sampler.finalize, look, new_base, info):
+            # Both candidates are free to compute: select the input, one fused reward call, no branch.
+            final, ahead = sampler.finalize(new_base), look(new_base, info)
+            return score(jax.tree.map(lambda f, a: jnp.where(is_last, f, a), final, ahead))
         return counting.cond(is_last, lambda s, i: score(sampler.finalize(s)), lambda s, i: score(look(s, i)),
                              new_base, info)
 

@@ -61,6 +61,17 @@ def test_weights_on_the_lattice_are_copied_exactly(method):
     np.testing.assert_array_equal(counts, np.tile([2, 1, 0, 1], (64, 1)))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_impossible_particles_never_chosen_among_many_with_a_wide_dynamic_range(method):
+    key_w, key_mask, key_draw = jax.random.split(jax.random.key(5), 3)
+    log_weights = 30.0 * jax.random.normal(key_w, (1000,))
+    impossible = jax.random.bernoulli(key_mask, 0.5, (1000,)).at[:3].set(True).at[-3:].set(True)
+    log_weights = jnp.where(impossible, -jnp.inf, log_weights)
+    counts = np.asarray(_counts(method, jax.random.split(key_draw, 200), log_weights, 1000))
+    assert np.all(counts[:, np.asarray(impossible)] == 0)
+    assert np.all(counts.sum(axis=1) == 1000)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.one_of(st.floats(-30.0, 30.0), st.just(-np.inf)), min_size=6, max_size=6),
        st.integers(0, 2**31 - 1), st.sampled_from(METHODS))

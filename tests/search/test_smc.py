@@ -116,7 +116,7 @@ def test_impossible_and_invalid_particles_are_dropped_and_counted():
     assert int(result.stats.nonfinite) == 0
     assert int(out.invalid_rewards) == STEPS
     assert not bool(out.all_impossible) and np.isfinite(float(out.log_normalizer))
-    dead = np.asarray(out.particles[:, 0] < 0)
+    dead = np.array(out.particles[:, 0] < 0)
     dead[0] = True  # its last verdict was NaN
     assert np.all(np.asarray(out.log_weights)[dead] == -np.inf)
     assert np.all(np.isfinite(np.asarray(out.log_weights)[~dead]))
