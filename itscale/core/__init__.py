@@ -1,6 +1,7 @@
 """Core: the ``Sampler`` type, the ``run`` loop, compute accounting and combinators."""
 
 from itscale.core import checks
+from itscale.core.budget import budget_scope, current_budget
 from itscale.core.chain import chain
 from itscale.core.counting import (batch_size, cond, counted, eval_shape, scan, switch, token_positions,
                                    vmap, while_loop)
@@ -11,7 +12,8 @@ from itscale.core.run import Result, SaveAt, Stats, Trace, count_nonfinite, run
 from itscale.core.sampler import Sampler, StepContext, identity_finalize
 
 __all__ = [
-    "Result", "Sampler", "SaveAt", "Stats", "StepContext", "Trace", "batch_size", "chain", "checks",
+    "Result", "Sampler", "SaveAt", "Stats", "StepContext", "Trace", "batch_size", "budget_scope", "chain",
+    "checks", "current_budget",
     "cond", "count_nonfinite", "counted", "eval_shape", "identity_finalize", "particles",
     "predictor_corrector", "run", "scan", "split_per_particle", "step_key", "switch", "token_positions",
     "vmap", "while_loop",

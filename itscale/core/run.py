@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from itscale.core import checks, counting
+from itscale.core.budget import budget_scope
 from itscale.core.keys import as_key, step_key
 from itscale.core.sampler import Sampler, StepContext
 
@@ -158,6 +159,11 @@ def run(sampler: Sampler, key, x, *, num_steps: int, params=None, trace=None) ->
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _run(sampler: Sampler, num_steps: int, save: SaveAt | None, key, x, params) -> Result:
+    with budget_scope(num_steps):
+        return _loop(sampler, num_steps, save, key, x, params)
+
+
+def _loop(sampler: Sampler, num_steps: int, save: SaveAt | None, key, x, params) -> Result:
     init_key, loop_key = jax.random.split(key)
     with counting.ledger() as led:
         state = sampler.init(init_key, x, params)

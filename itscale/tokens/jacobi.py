@@ -11,8 +11,8 @@ block is committed (its call's cache and last logits are kept; unconverged rows 
 ``itscale.tokens.model``) and the next block starts from its first, already exact, token. Rows move on
 independently; with EOS, only the tokens up to the first EOS must agree.
 
-One run step is one iteration. ``max_new_tokens`` fixes the output and ``block`` (default: all of it)
-the block length; run ``num_steps >= max_new_tokens`` (the worst case) to always converge -- once every
+One run step is one iteration. ``max_new_tokens`` (default: the run's ``num_steps``) fixes the output
+and ``block`` (default: all of it) the block length; run ``num_steps >= max_new_tokens`` (the worst case) to always converge -- once every
 row is done the remaining steps make no model call (early freeze: ``itscale.core.cond``), so NFE is
 ``batch x P`` (prefill) ``+ batch x b`` per iteration actually run. The output adds per-row
 ``iterations`` (model calls while the row was running) and ``converged``.
@@ -34,7 +34,7 @@ from itscale.core.sampler import Sampler
 from itscale.tokens import sampling, sequences
 from itscale.tokens.model import token_model
 from itscale.tokens.noise import gumbel_at
-from itscale.tokens.rollout import RolloutState, new_tokens_budget, prefill
+from itscale.tokens.rollout import RolloutState, new_tokens_budget, prefill, resolve_new_tokens
 
 
 class JacobiGeneration(NamedTuple):
@@ -71,18 +71,24 @@ def jacobi(logits_fn: Callable, *, block: int | None = None, temperature: float 
     decoding, params = sampling.decoding(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                          eos_id=eos_id, pad_id=pad_id)
     max_new_tokens = new_tokens_budget(max_new_tokens)
-    width = max_new_tokens if block is None else min(checks.positive_int("block", block), max_new_tokens)
+    block = None if block is None else checks.positive_int("block", block)
     model = token_model("logits_fn", logits_fn, init_cache, rewind, max_len)
-    slots = jnp.arange(width)
+
+    def block_width() -> int:
+        """Positions solved together (static, read at trace time: the budget may be the run's)."""
+        total = resolve_new_tokens(max_new_tokens)
+        return total if block is None else min(block, total)
 
     def first_guess(logits, gumbel, params):
         """Guess of a block: its exact first token (from the logits before it), then padding."""
         log_q = sampling.sampling_log_probs(logits, params, decoding)
         token = sampling.gumbel_max(log_q, gumbel, decoding.pad_id)
-        return jnp.concatenate([token[:, None], jnp.full((token.shape[0], width - 1), decoding.pad_id)], 1)
+        padding = jnp.full((token.shape[0], block_width() - 1), decoding.pad_id)
+        return jnp.concatenate([token[:, None], padding], 1)
 
     def init(key, x, params):
-        decode = prefill(model, key, x, max_new_tokens=max_new_tokens, extra_slots=width, decoding=decoding)
+        decode = prefill(model, key, x, max_new_tokens=resolve_new_tokens(max_new_tokens),
+                         extra_slots=block_width(), decoding=decoding)
         logits = decode.next_logits
         gumbel = gumbel_at(decode.noise_keys, decode.seq.position[:, None], logits.shape[-1],
                            sampling.float_dtype(logits.dtype))[:, 0]
@@ -90,6 +96,8 @@ def jacobi(logits_fn: Callable, *, block: int | None = None, temperature: float 
         return JacobiState(decode, guess.astype(jnp.int32), jnp.zeros_like(decode.seq.position))
 
     def iterate(state, params):
+        width = block_width()
+        slots = jnp.arange(width)
         decode, seq = state.decode, state.decode.seq
         done = seq.done
         logits, cache = model(state.guess, decode.cache)

@@ -11,9 +11,10 @@ noise ``g`` fixed by (run key, b, i) (``itscale.tokens.noise``), so ``jacobi`` w
 the same tokens bit for bit. ``noise="step"`` draws ``g`` from the step key instead: particle methods
 that resample and duplicate rows (SMC) need it, so that copies diverge afterwards.
 
-``max_new_tokens`` (static) sizes the output: ``init(key, x, params)`` does not see ``num_steps``, so the
-sampler is built for at most ``max_new_tokens`` steps; run it with ``num_steps = max_new_tokens`` for
-``tokens`` of shape (batch, P + num_steps) (fewer steps leave pad columns, more raise ``ValueError``).
+The output holds ``max_new_tokens`` new columns; by default (None) that is the run's static
+``num_steps`` (read with ``itscale.core.current_budget``), so ``its.run(rollout(f), key, prompts,
+num_steps=N)`` returns ``tokens`` of shape (batch, P + N). A sampler built with ``max_new_tokens=M`` and
+run for fewer steps leaves pad columns; more steps raise ``ValueError``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from itscale.core import checks
+from itscale.core.budget import current_budget
 from itscale.core.sampler import Sampler
 from itscale.tokens import sampling, sequences
 from itscale.tokens.model import TokenModel, token_model
@@ -42,13 +44,16 @@ class RolloutState(NamedTuple):
     noise_keys: jax.Array    # (batch,) keys of the per-position noise
 
 
-def new_tokens_budget(max_new_tokens) -> int:
-    """Check the static output size shared by the token samplers."""
+def new_tokens_budget(max_new_tokens) -> int | None:
+    """Check the static output size shared by the token samplers (None: the run's ``num_steps``)."""
     if max_new_tokens is None:
-        raise TypeError("max_new_tokens is required (a Python int >= 1): the sampler allocates the "
-                        "(batch, prompt_len + max_new_tokens) output in init, which does not see num_steps; "
-                        "run it with num_steps = max_new_tokens")
+        return None
     return checks.positive_int("max_new_tokens", max_new_tokens)
+
+
+def resolve_new_tokens(max_new_tokens: int | None) -> int:
+    """The output size: ``max_new_tokens``, or the static ``num_steps`` of the run being traced."""
+    return current_budget() if max_new_tokens is None else max_new_tokens
 
 
 def prefill(model: TokenModel, key, x, *, max_new_tokens: int, extra_slots: int,
@@ -104,7 +109,7 @@ def rollout(logits_fn: Callable, *, temperature: float = 1.0, top_k: int | None 
       temperature, top_p, min_p: default values of the traced ``params`` (``top_p``/``min_p`` stages exist
         only when given); ``temperature=0`` is greedy. top_k: static.
       eos_id: token that finishes a row (None: rows never finish). pad_id: filler after EOS.
-      max_new_tokens: static output size (required).
+      max_new_tokens: static output size; None (default): the run's ``num_steps``.
       init_cache: ``init_cache(batch, max_len, start=start)`` or None (model without cache).
       max_len: the model's longest sequence, checked at trace time.
       noise: ``"position"`` (noise fixed per (row, position), shared with ``jacobi``) or ``"step"``.
@@ -119,12 +124,14 @@ def rollout(logits_fn: Callable, *, temperature: float = 1.0, top_k: int | None 
     model = token_model("logits_fn", logits_fn, init_cache, max_len=max_len)
 
     def init(key, x, params):
-        return prefill(model, key, x, max_new_tokens=max_new_tokens, extra_slots=0, decoding=decoding)
+        return prefill(model, key, x, max_new_tokens=resolve_new_tokens(max_new_tokens), extra_slots=0,
+                       decoding=decoding)
 
     def step(key, state, ctx, params):
-        if ctx.num_steps > max_new_tokens:
-            raise ValueError(f"this rollout holds max_new_tokens={max_new_tokens} new tokens; run it with "
-                             f"num_steps <= {max_new_tokens}, got {ctx.num_steps}")
+        limit = resolve_new_tokens(max_new_tokens)
+        if ctx.num_steps > limit:
+            raise ValueError(f"this rollout holds max_new_tokens={limit} new tokens; run it with "
+                             f"num_steps <= {limit}, got {ctx.num_steps}")
         keys = None if noise_mode == "position" else row_keys(key, state.seq.position.shape[0])
         return decode_token(model, state, params, decoding, noise_keys=keys)
 

@@ -25,7 +25,8 @@ both counted as ``"nfe"``; the output reports each row's ``target_calls`` (round
 ``accepted`` drafts and ``tests`` (acceptance tests made), hence ``acceptance_rate`` and
 ``tokens_per_call`` (``k + 1`` per round, before the cut at ``max_new_tokens``).
 
-``num_steps`` counts rounds: ``num_steps = max_new_tokens`` always suffices (a round adds >= 1 token).
+``num_steps`` counts rounds: ``num_steps = max_new_tokens`` always suffices (a round adds >= 1 token),
+which is the default (``max_new_tokens=None``: the run's ``num_steps``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from itscale.core import checks, counting
 from itscale.core.sampler import Sampler
 from itscale.tokens import noise, sampling, sequences
 from itscale.tokens.model import TokenModel, token_model
-from itscale.tokens.rollout import new_tokens_budget
+from itscale.tokens.rollout import new_tokens_budget, resolve_new_tokens
 from itscale.tokens.sequences import Sequences
 
 
@@ -117,12 +118,13 @@ def speculative(target_logits_fn: Callable, draft_logits_fn: Callable, *, gamma:
     decoding, params = sampling.decoding(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                          eos_id=eos_id, pad_id=pad_id)
     gamma = checks.positive_int("gamma", gamma)
-    max_new_tokens = new_tokens_budget(max_new_tokens)
+    max_new_budget = new_tokens_budget(max_new_tokens)
     target = token_model("target_logits_fn", target_logits_fn, target_init_cache, rewind, max_len)
     draft = token_model("draft_logits_fn", draft_logits_fn, draft_init_cache, rewind, max_len)
     offsets = jnp.arange(gamma + 1)
 
     def init(key, x, params):
+        max_new_tokens = resolve_new_tokens(max_new_budget)
         prompts, lengths = sequences.parse_prompts(x)
         batch, prompt_len = prompts.shape
         target.check_length(prompt_len, max_new_tokens)

@@ -176,11 +176,24 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="expected \\(batch, L, vocab\\)"):
         its.run(its.tokens.rollout(lambda t, c: (MODEL.log_transition[t][:, 0], c), max_new_tokens=2), key,
                 jnp.zeros((2, 3), int), num_steps=2)
-    with pytest.raises(TypeError, match="max_new_tokens is required"):
-        its.tokens.rollout(MODEL.logits_fn)
     with pytest.raises(TypeError, match="logits_fn must be a callable"):
         its.tokens.rollout(None, max_new_tokens=2)
     with pytest.raises(ValueError, match="unknown noise"):
         its.tokens.rollout(MODEL.logits_fn, max_new_tokens=2, noise="fresh")
     with pytest.raises(ValueError, match="params"):
         its.run(sampler, key, jnp.zeros((2, 3), int), num_steps=2, params={"temperature": 1.0, "top_p": 0.5})
+
+
+def test_default_output_size_is_the_runs_budget():
+    """The contract: rollout(logits_fn) run with num_steps=N returns prompt_len + N tokens."""
+    key, prompts = jax.random.key(0), jnp.zeros((3, 2), jnp.int32)
+    for n in (1, 4):
+        out = its.run(its.tokens.rollout(MODEL.logits_fn), key, prompts, num_steps=n).output
+        assert out.tokens.shape == (3, 2 + n) and out.log_probs.shape == (3, n)
+    fixed = its.run(its.tokens.rollout(MODEL.logits_fn, max_new_tokens=4), key, prompts, num_steps=4).output
+    default = its.run(its.tokens.rollout(MODEL.logits_fn), key, prompts, num_steps=4).output
+    np.testing.assert_array_equal(fixed.tokens, default.tokens)
+    jac = its.run(its.tokens.jacobi(MODEL.logits_fn), key, prompts, num_steps=4).output
+    np.testing.assert_array_equal(jac.tokens, default.tokens)
+    with pytest.raises(RuntimeError, match="max_new_tokens"):
+        its.core.current_budget()
