@@ -1,0 +1,329 @@
+"""Multi-digit addition written in tokens, with its exact outcome and process verifiers.
+
+A problem ``a + b`` and its worked solution, one step per digit from the units up, each step
+``a_i+b_i+c_i=c_{i+1}s_i;`` (digits of a and b at place i -- 0 past the end of the shorter number --,
+carry in, then carry out and sum digit), then the answer marker, the answer and EOS::
+
+    prompt      12+39=
+    completion  2+9+0=11;1+3+1=05;#51.
+
+Vocabulary: digits 0-9 are ids 0-9, then ``+ = ; # .`` (PLUS, EQUALS, SEP, ANSWER, EOS) and PAD
+(shown ``_``). Numbers are written without leading zeros. Prompts are **left-padded** to
+``prompt_length(max_digits)`` (so that a batch of prompts ends in the same column, the layout the
+transformer's cache expects); completions are right-padded to ``completion_length(max_digits)``.
+``max_digits`` is at most :data:`MAX_DIGITS` so that every number fits in int32.
+
+Every function is batched over the leading axis, order preserving, vectorized (no Python loop over
+rows) and jit-friendly; sizes (batch, max_digits) are static Python ints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from itscale.core import checks
+
+VOCAB = tuple("0123456789") + ("+", "=", ";", "#", ".", "_")
+PLUS, EQUALS, SEP, ANSWER, EOS, PAD = range(10, 16)
+VOCAB_SIZE = len(VOCAB)
+STEP_LENGTH = 9          # a_i + b_i + c_i = c_{i+1} s_i ;
+MAX_DIGITS = 8           # operands < 10^8: sums and parsed numbers (<= 9 digits) fit in int32
+_MAX_PARSED_DIGITS = 9
+_POW10 = np.array([10 ** i for i in range(_MAX_PARSED_DIGITS + 1)], np.int32)   # 1 .. 10^9
+
+
+def prompt_length(max_digits: int) -> int:
+    """Tokens of a padded prompt: two operands of up to ``max_digits`` digits, ``+`` and ``=``."""
+    return 2 * _max_digits(max_digits) + 2
+
+
+def completion_length(max_digits: int) -> int:
+    """Tokens of a padded worked solution: ``max_digits`` steps, ``#``, up to max_digits+1 digits, EOS."""
+    return STEP_LENGTH * _max_digits(max_digits) + _max_digits(max_digits) + 3
+
+
+def encode(text: str | Sequence[str], *, length: int | None = None, align: str = "right") -> jax.Array:
+    """Token ids of ``text`` (1-D), or of a list of texts padded with PAD into (batch, length).
+
+    ``align="right"`` pads on the left (prompts); ``align="left"`` pads on the right (completions).
+    """
+    checks.choice("align", align, ("left", "right"))
+    index = {c: i for i, c in enumerate(VOCAB)}
+
+    def ids(s: str) -> list[int]:
+        bad = sorted(set(s) - set(index))
+        if bad:
+            raise ValueError(f"text contains characters outside the vocabulary {''.join(VOCAB)!r}: {bad}")
+        return [index[c] for c in s]
+
+    if isinstance(text, str):
+        return jnp.asarray(ids(text), jnp.int32)
+    rows = [ids(s) for s in text]
+    width = max(map(len, rows), default=0) if length is None else checks.positive_int("length", length)
+    if any(len(r) > width for r in rows):
+        raise ValueError(f"length={width} is shorter than the longest text ({max(map(len, rows))} tokens)")
+    fill = lambda r: [PAD] * (width - len(r))  # noqa: E731
+    padded = [fill(r) + r if align == "right" else r + fill(r) for r in rows]
+    return jnp.asarray(np.array(padded, np.int32).reshape(len(rows), width))
+
+
+def decode(tokens: Any, *, keep_pad: bool = False) -> str | list[str]:
+    """Text of a 1-D token array, or the list of texts of a 2-D one (PAD dropped unless ``keep_pad``)."""
+    arr = np.asarray(tokens)
+    if arr.ndim == 1:
+        return "".join(VOCAB[t] if 0 <= t < VOCAB_SIZE else "?" for t in arr if keep_pad or t != PAD)
+    return [decode(row, keep_pad=keep_pad) for row in arr]
+
+
+class Problems(NamedTuple):
+    """A batch of addition problems: padded prompt and worked-solution tokens and the operands."""
+
+    prompts: jax.Array      # (batch, prompt_length) int32, left-padded
+    completions: jax.Array  # (batch, completion_length) int32, right-padded
+    a: jax.Array            # (batch,) int32
+    b: jax.Array            # (batch,) int32
+
+    @property
+    def tokens(self) -> jax.Array:
+        """Prompt and completion side by side: (batch, prompt_length + completion_length)."""
+        return jnp.concatenate([self.prompts, self.completions], axis=1)
+
+    @property
+    def loss_mask(self) -> jax.Array:
+        """True on the completion tokens of :attr:`tokens` (the worked solution up to and with EOS)."""
+        return jnp.concatenate([jnp.zeros_like(self.prompts, bool), self.completions != PAD], axis=1)
+
+
+def sample_problems(key: jax.Array, batch_size: int, max_digits: int, *, min_digits: int = 1) -> Problems:
+    """Random problems: for each row n ~ U{min_digits..max_digits}, then a, b ~ U{0..10^n - 1}."""
+    batch_size = checks.positive_int("batch_size", batch_size)
+    max_digits = _max_digits(max_digits)
+    min_digits = checks.positive_int("min_digits", min_digits)
+    if min_digits > max_digits:
+        raise ValueError(f"min_digits must be <= max_digits, got {min_digits} > {max_digits}")
+    key_n, key_a, key_b = jax.random.split(key, 3)
+    high = jnp.asarray(_POW10)[jax.random.randint(key_n, (batch_size,), min_digits, max_digits + 1)]
+    a = jax.random.randint(key_a, (batch_size,), 0, high)
+    b = jax.random.randint(key_b, (batch_size,), 0, high)
+    return Problems(format_prompt(a, b, max_digits), worked_solution(a, b, max_digits), a, b)
+
+
+def format_prompt(a: jax.Array, b: jax.Array, max_digits: int) -> jax.Array:
+    """Left-padded prompt tokens ``a+b=`` (batch, prompt_length(max_digits)) for int arrays a, b."""
+    max_digits = _max_digits(max_digits)
+    a, b = jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32)
+    digits_a, keep_a = _msb_first(a, max_digits)
+    digits_b, keep_b = _msb_first(b, max_digits)
+    symbol = lambda s: jnp.full(a.shape + (1,), s, jnp.int32)  # noqa: E731
+    always = jnp.ones(a.shape + (1,), bool)
+    tokens = jnp.concatenate([digits_a, symbol(PLUS), digits_b, symbol(EQUALS)], axis=-1)
+    keep = jnp.concatenate([keep_a, always, keep_b, always], axis=-1)
+    return _pack(tokens, keep, to_right=True)
+
+
+def worked_solution(a: jax.Array, b: jax.Array, max_digits: int) -> jax.Array:
+    """Exact completion tokens (steps, ``#``, answer, EOS), right-padded to completion_length."""
+    max_digits = _max_digits(max_digits)
+    a, b = jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32)
+    place = jnp.asarray(_POW10[:max_digits])                                      # (max,)
+    digit = lambda x: (x[..., None] // place) % 10  # noqa: E731
+    # carry into place i: ((a mod 10^i) + (b mod 10^i)) >= 10^i; carry out of place i = carry into i+1
+    carry_in = ((a[..., None] % place) + (b[..., None] % place)) // place
+    total = a + b
+    next_place = jnp.asarray(_POW10[1:max_digits + 1])
+    carry_out = ((a[..., None] % next_place) + (b[..., None] % next_place)) // next_place
+    full = lambda s: jnp.full(carry_in.shape, s, jnp.int32)  # noqa: E731
+    steps = jnp.stack([digit(a), full(PLUS), digit(b), full(PLUS), carry_in, full(EQUALS), carry_out,
+                       digit(total), full(SEP)], axis=-1)                        # (..., max, 9)
+    num_steps = jnp.maximum(_num_digits(a), _num_digits(b))
+    keep_steps = jnp.arange(max_digits) < num_steps[..., None]
+    answer, keep_answer = _msb_first(total, max_digits + 1)
+    lead = a.shape
+    tokens = jnp.concatenate([steps.reshape(lead + (-1,)), jnp.full(lead + (1,), ANSWER, jnp.int32),
+                              answer, jnp.full(lead + (1,), EOS, jnp.int32)], axis=-1)
+    keep = jnp.concatenate([jnp.repeat(keep_steps, STEP_LENGTH, axis=-1), jnp.ones(lead + (1,), bool),
+                            keep_answer, jnp.ones(lead + (1,), bool)], axis=-1)
+    return _pack(tokens, keep, to_right=False)
+
+
+def parse_prompt(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Operands (a, b) of prompts ``[PAD...] a + b =`` (batch,) int32; -1 where malformed.
+
+    Reads up to the first ``=``, so full sequences (prompt then completion) are accepted too.
+    """
+    tokens = checks.int_array("tokens", tokens, ndim=2)
+    pos = jnp.arange(tokens.shape[1])
+    plus, has_plus = _first(tokens == PLUS)
+    equals, has_equals = _first(tokens == EQUALS)
+    a = _number(tokens, (pos < plus[:, None]) & (tokens != PAD))
+    b = _number(tokens, (pos > plus[:, None]) & (pos < equals[:, None]))
+    ok = has_plus & has_equals & (plus < equals) & (a >= 0) & (b >= 0)
+    return jnp.where(ok, a, -1), jnp.where(ok, b, -1)
+
+
+def extract_answer(tokens: jax.Array) -> jax.Array:
+    """The number between the first ``#`` and the next EOS (batch,) int32; -1 if malformed.
+
+    Malformed: no ``#``, no EOS after it, no digits, a non-digit in between, or more than 9 digits.
+    Works on completions and on full sequences (a prompt contains no ``#``).
+    """
+    tokens = checks.int_array("tokens", tokens, ndim=2)
+    pos = jnp.arange(tokens.shape[1])
+    marker, has_marker = _first(tokens == ANSWER)
+    end, has_end = _first((tokens == EOS) & (pos > marker[:, None]))
+    value = _number(tokens, (pos > marker[:, None]) & (pos < end[:, None]))
+    return jnp.where(has_marker & has_end, value, -1)
+
+
+def is_correct(prompt_tokens: jax.Array, completion_tokens: jax.Array) -> jax.Array:
+    """Exact outcome check (batch,) bool: the extracted answer equals a + b (the working is not read)."""
+    a, b = parse_prompt(prompt_tokens)
+    answer = extract_answer(completion_tokens)
+    return (a >= 0) & (b >= 0) & (answer >= 0) & (answer == a + b)
+
+
+def outcome_reward(prompt_tokens: jax.Array, completion_tokens: jax.Array) -> jax.Array:
+    """:func:`is_correct` as a float32 reward in {0, 1}."""
+    return is_correct(prompt_tokens, completion_tokens).astype(jnp.float32)
+
+
+class StepCheck(NamedTuple):
+    """Per-step verdicts (batch, max_digits + 1), steps in the order they are generated.
+
+    Step k is the k-th segment of the completion ended by ``;`` or EOS: the digit steps, then the
+    answer segment ``#...``. ``completed[b, k]``: that segment has been generated (its terminator is
+    present, at or before the first EOS). ``correct[b, k]``: the completion up to and including that
+    segment equals the exact working (so it is completed, and so are all earlier steps).
+    """
+
+    correct: jax.Array
+    completed: jax.Array
+
+
+def prefix_correct(tokens: jax.Array, max_digits: int) -> StepCheck:
+    """Process verifier from the exact working: which generated steps are consistent with it.
+
+    ``tokens`` (batch, L) are full sequences, prompt then (possibly partial) completion; the
+    completion starts after the first ``=``. A malformed prompt makes every step incorrect.
+    """
+    tokens = checks.int_array("tokens", tokens, ndim=2)
+    num_steps = _max_digits(max_digits) + 1
+    a, b = parse_prompt(tokens)
+    exact = worked_solution(jnp.maximum(a, 0), jnp.maximum(b, 0), MAX_DIGITS)      # (B, E)
+    equals, _ = _first(tokens == EQUALS)
+    index = equals[:, None] + 1 + jnp.arange(exact.shape[1])
+    generated = jnp.where(index < tokens.shape[1],
+                          jnp.take_along_axis(tokens, jnp.minimum(index, tokens.shape[1] - 1), axis=1), PAD)
+    matched, _ = _first(generated != exact)                                        # length of equal prefix
+    matched = jnp.where(jnp.all(generated == exact, axis=1), exact.shape[1], matched)
+    step = jnp.arange(num_steps)
+    # end of the k-th segment of the exact working = position of its (k+1)-th terminator
+    exact_ends = jnp.cumsum((exact == SEP) | (exact == EOS), axis=1)               # (B, E)
+    exact_end = jnp.argmax(exact_ends[:, None, :] == step[None, :, None] + 1, axis=-1)
+    exists = step[None, :] < exact_ends[:, -1:]
+    correct = exists & (matched[:, None] > exact_end) & (a >= 0)[:, None] & (b >= 0)[:, None]
+    # generated terminators up to and including the first EOS
+    after_eos = jnp.cumsum(generated == EOS, axis=1) - (generated == EOS) > 0
+    terminators = jnp.sum(((generated == SEP) | (generated == EOS)) & ~after_eos, axis=1)
+    return StepCheck(correct, step[None, :] < terminators[:, None])
+
+
+def process_reward(tokens: jax.Array, max_digits: int) -> jax.Array:
+    """1.0 if every completed step of each sequence is consistent with the exact working, else 0.0."""
+    check = prefix_correct(tokens, max_digits)
+    return jnp.all(check.correct | ~check.completed, axis=1).astype(jnp.float32)
+
+
+def noisy_verifier(reward_fn: Callable[..., jax.Array], seed: int | jax.Array, noise: float | jax.Array
+                   ) -> Callable[..., jax.Array]:
+    """``reward_fn`` plus ``noise * z``, z ~ N(0, 1) a deterministic function of (seed, sequence).
+
+    z is derived from a hash of each row's integer token arrays among the arguments (all of them,
+    positions included), so the same sequence always gets the same perturbation whatever its batch,
+    position or order; searching harder against the noisy reward then selects lucky sequences
+    (verifier over-optimization, cf. Gao et al. 2022, arXiv 2210.10760). ``seed``: an int (or int
+    array) or a PRNG key; ``seed`` and ``noise`` may be traced, so sweeping them does not recompile.
+    """
+    is_key = isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key)
+    key = seed if is_key else jax.random.key(seed)
+
+    def noisy(*args: Any) -> jax.Array:
+        reward = reward_fn(*args)
+        rows = [jnp.asarray(x) for x in args
+                if jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer) and jnp.ndim(x) >= 1]
+        if not rows:
+            raise TypeError("noisy_verifier needs at least one integer token array argument to hash")
+        hashes = _row_hash(jnp.concatenate([r.reshape(r.shape[0], -1) for r in rows], axis=1))
+        z = jax.vmap(lambda h: jax.random.normal(jax.random.fold_in(key, h)))(hashes)
+        return reward + jnp.asarray(noise, reward.dtype) * z.astype(reward.dtype)
+
+    return noisy
+
+
+# ----------------------------------------------------------------------------------------------
+def _max_digits(max_digits: int) -> int:
+    max_digits = checks.positive_int("max_digits", max_digits)
+    if max_digits > MAX_DIGITS:
+        raise ValueError(f"max_digits must be in [1, {MAX_DIGITS}] (int32 arithmetic), got {max_digits}")
+    return max_digits
+
+
+def _num_digits(x: jax.Array) -> jax.Array:
+    """Decimal digits of non-negative int32 x (1 for 0)."""
+    return 1 + jnp.sum(x[..., None] >= _POW10[1:], axis=-1)
+
+
+def _msb_first(x: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
+    """Digits of x most significant first in ``width`` slots, and which slots hold real digits."""
+    exponent = np.arange(width - 1, -1, -1)
+    digits = (x[..., None] // _POW10[exponent]) % 10
+    return digits, exponent < _num_digits(x)[..., None]
+
+
+def _pack(tokens: jax.Array, keep: jax.Array, *, to_right: bool) -> jax.Array:
+    """Move the kept tokens (order preserved) to the right or left end; fill the rest with PAD."""
+    length = tokens.shape[-1]
+    rank = jnp.cumsum(keep, axis=-1) - 1                                  # 0-based rank among kept
+    if to_right:
+        rank = rank + length - jnp.sum(keep, axis=-1, keepdims=True)
+    onehot = (rank[..., :, None] == jnp.arange(length)) & keep[..., :, None]    # (..., source, dest)
+    moved = jnp.sum(jnp.where(onehot, tokens[..., :, None], 0), axis=-2)
+    return jnp.where(jnp.any(onehot, axis=-2), moved, PAD)
+
+
+def _first(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Index of the first True along the last axis (0 if none) and whether there is one."""
+    return jnp.argmax(mask, axis=-1), jnp.any(mask, axis=-1)
+
+
+def _number(tokens: jax.Array, span: jax.Array) -> jax.Array:
+    """Decimal value of the tokens in ``span`` (batch, L) bool; -1 unless 1..9 digits only."""
+    is_digit = tokens < 10
+    count = jnp.sum(span, axis=-1)
+    valid = jnp.all(is_digit | ~span, axis=-1) & (count >= 1) & (count <= _MAX_PARSED_DIGITS)
+    later = jnp.cumsum(span[..., ::-1], axis=-1)[..., ::-1] - span                 # span tokens after
+    weight = jnp.where(span, jnp.asarray(_POW10)[jnp.minimum(later, _MAX_PARSED_DIGITS - 1)], 0)
+    value = jnp.sum(jnp.where(is_digit, tokens, 0) * weight, axis=-1)
+    return jnp.where(valid, value, -1).astype(jnp.int32)
+
+
+def _row_hash(tokens: jax.Array) -> jax.Array:
+    """uint32 hash of each row: sum over positions of a mixed (token, position), then mixed again."""
+    tokens = tokens.astype(jnp.uint32)
+    pos = jnp.arange(tokens.shape[1], dtype=jnp.uint32)
+    per_token = _mix(tokens * jnp.uint32(0x9E3779B1) + pos * jnp.uint32(0x85EBCA77) + jnp.uint32(1))
+    return _mix(jnp.sum(per_token, axis=1, dtype=jnp.uint32) ^ jnp.uint32(tokens.shape[1]))
+
+
+def _mix(h: jax.Array) -> jax.Array:
+    """murmur3 32-bit finalizer."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
