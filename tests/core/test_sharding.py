@@ -26,13 +26,24 @@ _EIGHT_DEVICES = textwrap.dedent("""
 
     assert len(jax.devices()) == 8, jax.devices()
     mesh = sharding.particle_mesh()
-    path = its.paths.linear()
+
+
+    def euler_maruyama(model_fn):  # x <- x + model(x, t) dt + 0.5 sqrt(dt) z on t: 1 -> 0
+        model_fn = its.counted(model_fn)
+
+        def step(key, x, ctx, params):
+            t, dt = 1.0 - ctx.step / ctx.num_steps, 1.0 / ctx.num_steps
+            u = model_fn(x, t)
+            return x + u * dt + 0.5 * jnp.sqrt(dt) * jax.random.normal(key, x.shape), {"x0_hat": x + t * u}
+
+        return its.Sampler(lambda key, x, params: x, step, lambda x: x)
+
     N = 64
     x = jax.random.normal(jax.random.key(3), (N, 2))
     reward = lambda x: -jnp.sum((x - 0.5) ** 2, axis=-1)
 
     def both(model_fn):  # the same run on one device and with the particles split over 8
-        steered = its.search.smc(its.refine.sde(model_fn, path), reward, num_particles=N, ess_threshold=0.9)
+        steered = its.search.smc(euler_maruyama(model_fn), reward, num_particles=N, ess_threshold=0.9)
         run = lambda x: its.run(steered, jax.random.key(0), x, num_steps=10, trace=1)
         one, many = run(jax.device_put(x, jax.devices()[0])), run(sharding.shard_particles(x, mesh))
         assert many.output.particles.sharding.spec == jax.sharding.PartitionSpec("particles")
