@@ -2,11 +2,13 @@
 
 Resampling and ESS (:mod:`~itscale.search.resampling`), Feynman–Kac potentials
 (:mod:`~itscale.search.potentials`), SMC / FK steering (:func:`smc`), best-of-N (:func:`best_of_n`),
-budget splits (:func:`split_budget`), majority and reward-weighted voting, and the pass@k / coverage-law
+budget splits (:func:`split_budget`), offspring allocation for tree search (:func:`apportion`,
+:func:`offspring_slots`), majority and reward-weighted voting, and the pass@k / coverage-law
 estimators.
 """
 
 from itscale.search import potentials, resampling
+from itscale.search.allocation import Slots, apportion, offspring_slots
 from itscale.search.best_of_n import BestOfNOutput, best_of_n
 from itscale.search.budget import BudgetSplit, split_budget
 from itscale.search.coverage import CoverageLaw, fit_coverage_law, pass_at_k
@@ -17,7 +19,8 @@ from itscale.search.voting import NO_ANSWER, Vote, majority_vote, weighted_vote
 
 __all__ = [
     "NO_ANSWER", "RESAMPLERS", "BestOfNOutput", "BudgetSplit", "CoverageLaw", "SMCOutput", "SMCParams",
-    "SMCState", "Vote", "all_impossible", "best_of_n", "ess", "fit_coverage_law", "log_mean_exp",
-    "log_normalize", "majority_vote", "multinomial", "pass_at_k", "potentials", "resampler", "resampling",
-    "residual", "smc", "split_budget", "stratified", "systematic", "weighted_vote",
+    "SMCState", "Slots", "Vote", "all_impossible", "apportion", "best_of_n", "ess", "fit_coverage_law",
+    "log_mean_exp", "log_normalize", "majority_vote", "multinomial", "offspring_slots", "pass_at_k",
+    "potentials", "resampler", "resampling", "residual", "smc", "split_budget", "stratified", "systematic",
+    "weighted_vote",
 ]
