@@ -72,7 +72,7 @@ def _schedule_row(spec, path, times, step) -> dict:
     so XLA folds them into constants (or hoists them out of the loop): the loop body gathers a few
     scalars instead of re-deriving alpha, sigma, lambda and the solver weights at every step."""
     if spec.schedule is None:
-        return {}
+        return None
     return {k: jnp.asarray(v, times.dtype)[step] for k, v in spec.schedule(path, times).items()}
 
 

@@ -61,9 +61,13 @@ class Model(NamedTuple):
         checks.model_output("velocity_fn", u, x)
         return u
 
+    def x0(self, u, x, t) -> jax.Array:
+        """x0_hat = (sigma u - sigma_dot x) / (alpha_dot sigma - alpha sigma_dot) (needs the path)."""
+        return conversions.x0_from_velocity(self.path, u, x, t)
+
     def info(self, u, x, t) -> dict:
         """The step's info: ``{"x0_hat": ...}`` at the pre-step state when the path is known, else ``{}``."""
-        return {} if self.path is None else {"x0_hat": conversions.x0_from_velocity(self.path, u, x, t)}
+        return {} if self.path is None else {"x0_hat": self.x0(u, x, t)}
 
 
 class Clock(NamedTuple):
@@ -72,7 +76,7 @@ class Clock(NamedTuple):
 
     times: jax.Array
     step: jax.Array
-    coef: dict
+    coef: dict | None = None
 
     def t(self, offset: int = 0) -> jax.Array:
         """t_{step + offset}, clipped to the grid."""
