@@ -30,6 +30,7 @@ def split_budget(nfe_budget: int, *, nfe_per_candidate: int) -> BudgetSplit:
     per = checks.positive_int("nfe_per_candidate", nfe_per_candidate)
     width = budget // per
     if width < 1:
-        raise ValueError(f"nfe_budget={budget} is too small: one candidate costs nfe_per_candidate={per} NFE; "
+        raise ValueError(f"nfe_budget={budget} is too small: one candidate costs nfe_per_candidate={per} "
+                         f"NFE; "
                          f"give a budget of at least {per}")
     return BudgetSplit(width, per, width * per, budget - width * per)

@@ -55,7 +55,8 @@ def fit_coverage_law(k, coverage) -> CoverageLaw:
     """Least-squares fit of log(−log C) = log(−a) + b log k on the points with 0 < C < 1."""
     k, coverage = np.asarray(k, np.float64), np.asarray(coverage, np.float64)
     if k.shape != coverage.shape or k.ndim != 1:
-        raise ValueError(f"k and coverage must be 1-d arrays of the same shape, got {k.shape} and {coverage.shape}")
+        raise ValueError(f"k and coverage must be 1-d arrays of the same shape, got {k.shape} and "
+                         f"{coverage.shape}")
     keep = (coverage > 0) & (coverage < 1) & (k > 0)
     if np.count_nonzero(keep) < 2:
         raise ValueError("fit_coverage_law needs at least two points with 0 < coverage < 1 and k > 0")

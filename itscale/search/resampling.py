@@ -5,7 +5,7 @@ where w = softmax(log_weights), by inverting the cumulative weights at uniforms 
 Moulines 2005, "Comparison of resampling schemes for particle filtering", arXiv cs/0507025; the
 layout of ``blackjax.smc.resampling``). For the sorted uniforms of the stratified and systematic
 schemes the number of uniforms below each cdf_i is known in closed form, so their indices come from
-a scatter-add and a cumsum in O(N + M), with no search; multinomial draws use ``searchsorted``.
+a scatter-add and a prefix sum in O(N + M), with no search; multinomial draws use ``searchsorted``.
 
 * ``multinomial``: M independent uniforms u_j ~ U[0, 1).
 * ``stratified``: one uniform per stratum, u_j = (j + U_j) / M.
@@ -14,8 +14,8 @@ a scatter-add and a cumsum in O(N + M), with no search; multinomial draws use ``
   multinomially from the residual weights M w_i − floor(M w_i).
 
 Log-weights may be ``-inf`` (impossible particles): such a particle is never chosen, also under
-float rounding of the cumulative sum (see ``_cdf``). When *every* weight is ``-inf`` there is no distribution to
-resample from; the resamplers then fall back to uniform weights (never NaN) and
+float rounding of the cumulative sum (see ``_cdf``). When *every* weight is ``-inf`` there is no
+distribution to resample from; the resamplers then fall back to uniform weights (never NaN) and
 :func:`all_impossible` reports the case so callers can surface it.
 """
 

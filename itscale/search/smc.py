@@ -113,8 +113,9 @@ def _free_and_alike(finalize, look, state, info) -> bool:
         return out
 
     final, ahead = jax.eval_shape(probe, state, info)
+    leaves = zip(jax.tree.leaves(final), jax.tree.leaves(ahead))
     same = jax.tree.structure(final) == jax.tree.structure(ahead) and all(
-        (a.shape, a.dtype) == (b.shape, b.dtype) for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(ahead)))
+        (a.shape, a.dtype) == (b.shape, b.dtype) for a, b in leaves)
     return same and not calls[0]
 
 
@@ -166,8 +167,8 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
         dtype = jnp.promote_types(reward_shape.dtype, jnp.float32)
         zero = jnp.zeros((), jnp.int32)
         return SMCState(base_state, jnp.zeros((n,), dtype), jnp.ones((n,), bool),
-                        jax.tree.map(_store, potentials.initial(potential, n, dtype)), zero, jnp.zeros((), bool),
-                        zero)
+                        jax.tree.map(_store, potentials.initial(potential, n, dtype)), zero,
+                        jnp.zeros((), bool), zero)
 
     def rewards(new_base, info, is_last):
         """r(x0_hat of the pre-step state), or r(x_0) at the last step; one verifier call either way."""
@@ -211,7 +212,8 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
         new_base, log_weights, current = counting.cond(do_resample, resampled, lambda ops: ops,
                                                        (new_base, log_weights, current))
         dead = resampling.all_impossible(log_weights)
-        new_state = SMCState(new_base, _store(log_weights), log_weights > -jnp.inf, jax.tree.map(_store, current),
+        new_state = SMCState(new_base, _store(log_weights), log_weights > -jnp.inf,
+                             jax.tree.map(_store, current),
                              state.num_resamples + do_resample.astype(jnp.int32),
                              state.ever_all_impossible | dead,
                              state.invalid_rewards + jnp.sum(invalid, dtype=jnp.int32))

@@ -37,8 +37,8 @@ class Vote(NamedTuple):
 def _answers(candidates: Any, extract_answer: Callable | None) -> jax.Array:
     answers = jnp.asarray(candidates if extract_answer is None else extract_answer(candidates))
     if not jnp.issubdtype(answers.dtype, jnp.integer):
-        raise TypeError(f"answers must be integer ids of shape (..., n) (use extract_answer to map outputs to "
-                        f"ids, {NO_ANSWER} for no answer), got dtype {answers.dtype}")
+        raise TypeError(f"answers must be integer ids of shape (..., n) (use extract_answer to map outputs "
+                        f"to ids, {NO_ANSWER} for no answer), got dtype {answers.dtype}")
     if answers.ndim < 1:
         raise ValueError("answers must have a candidate axis (last axis), got a scalar")
     return answers
@@ -57,8 +57,8 @@ def _vote(answers: jax.Array, weights: jax.Array) -> Vote:
     tally = jnp.where(any_valid, best[..., 0], jnp.zeros_like(best[..., 0]))
     total = jnp.sum(weights, axis=-1)
     share = jnp.where(total > 0, tally / jnp.where(total > 0, total, 1), jnp.zeros_like(tally))
-    return Vote(answer=jnp.where(any_valid, winner, NO_ANSWER).astype(answers.dtype), tally=tally, share=share,
-                num_valid=jnp.sum(valid, axis=-1, dtype=jnp.int32))
+    return Vote(answer=jnp.where(any_valid, winner, NO_ANSWER).astype(answers.dtype), tally=tally,
+                share=share, num_valid=jnp.sum(valid, axis=-1, dtype=jnp.int32))
 
 
 def majority_vote(candidates, *, extract_answer: Callable | None = None) -> Vote:

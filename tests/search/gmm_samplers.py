@@ -3,7 +3,8 @@
 ``exact_ancestral(gmm)``: every step draws x_s ~ p(x_s | x_t) exactly. Given the component k, (x_s, x_t)
 are jointly Gaussian (x_t = a x_s + tau eps', a = alpha_t / alpha_s, tau^2 = sigma_t^2 - a^2 sigma_s^2),
 so p(x_s | x_t) = sum_k p(k | x_t) N(m_k, V_k) with C_s = alpha_s^2 Sigma_k + sigma_s^2 I,
-C_t = a^2 C_s + tau^2 I, m_k = alpha_s mu_k + a C_s C_t^{-1} (x_t - alpha_t mu_k), V_k = C_s - a^2 C_s C_t^{-1} C_s.
+C_t = a^2 C_s + tau^2 I, m_k = alpha_s mu_k + a C_s C_t^{-1} (x_t - alpha_t mu_k),
+V_k = C_s - a^2 C_s C_t^{-1} C_s.
 Started from x_1 ~ N(0, I) the output is an exact draw of the mixture for any number of steps, so SMC
 over it has no discretisation bias: the log Z test measures SMC alone.
 
@@ -57,7 +58,8 @@ def exact_ancestral(gmm) -> its.Sampler:
         k = jax.random.categorical(key_k, log_resp, axis=-1)
         chol = jnp.linalg.cholesky(covs)
         z = jax.random.normal(key_z, x.shape, x.dtype)
-        x_new = jnp.take_along_axis(means, k[:, None, None], axis=1)[:, 0] + jnp.einsum("nij,nj->ni", chol[k], z)
+        mean = jnp.take_along_axis(means, k[:, None, None], axis=1)[:, 0]
+        x_new = mean + jnp.einsum("nij,nj->ni", chol[k], z)
         return State(x_new), {"x0_hat": x0_hat}
 
     return its.Sampler(lambda key, x, params: State(x), step, lambda state: state.x)

@@ -21,10 +21,12 @@ def _reward(x):
 def test_best_is_the_argmax_of_the_base_samplers_candidates():
     queries = jnp.array([[0.0, 0.0], [3.0, -1.0], [-2.0, 5.0]])
     n, key = 8, jax.random.key(0)
-    result = its.run(its.search.best_of_n(_gaussian_draw(), _reward, num_candidates=n), key, queries, num_steps=2)
+    result = its.run(its.search.best_of_n(_gaussian_draw(), _reward, num_candidates=n), key, queries,
+                     num_steps=2)
     out = result.output
     # The same base sampler on the repeated queries draws the same candidates.
-    candidates = its.run(_gaussian_draw(), key, jnp.repeat(queries, n, axis=0), num_steps=2).output.reshape(3, n, 2)
+    repeated = jnp.repeat(queries, n, axis=0)
+    candidates = its.run(_gaussian_draw(), key, repeated, num_steps=2).output.reshape(3, n, 2)
     np.testing.assert_array_equal(out.candidates, candidates)
     scores = np.asarray(_reward(candidates.reshape(-1, 2))).reshape(3, n)
     np.testing.assert_allclose(out.scores, scores, rtol=1e-6)
@@ -38,7 +40,8 @@ def test_best_is_the_argmax_of_the_base_samplers_candidates():
 def test_ties_invalid_scores_and_pytree_outputs():
     def reward(out):
         x = out["x"]
-        return jnp.where(x[:, 0] > 100.0, jnp.nan, jnp.where(x[:, 1] > 100.0, -jnp.inf, jnp.zeros(x.shape[0])))
+        impossible = jnp.where(x[:, 1] > 100.0, -jnp.inf, jnp.zeros(x.shape[0]))
+        return jnp.where(x[:, 0] > 100.0, jnp.nan, impossible)
 
     base = _gaussian_draw()
     sampler = its.Sampler(base.init, base.step, lambda x: {"x": x, "norm": jnp.linalg.norm(x, axis=-1)})

@@ -101,7 +101,8 @@ def test_ess_hand_checked_values():
     np.testing.assert_allclose(search.ess(jnp.log(jnp.array([1.0, 1.0, 0.0, 0.0]))), 2.0, rtol=1e-6)
     # w = (1, 2, 3): (6)^2 / 14
     np.testing.assert_allclose(search.ess(jnp.log(jnp.array([1.0, 2.0, 3.0]))), 36.0 / 14.0, rtol=1e-6)
-    np.testing.assert_allclose(search.log_mean_exp(jnp.log(jnp.array([1.0, 2.0, 3.0]))), np.log(2.0), rtol=1e-6)
+    np.testing.assert_allclose(search.log_mean_exp(jnp.log(jnp.array([1.0, 2.0, 3.0]))), np.log(2.0),
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -14,7 +14,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import itscale as its
 from tests.search import gmm_samplers
