@@ -16,6 +16,7 @@ from experiments.common import markdown_table, write_json_atomic, write_text_ato
 MODULES = [
     "experiments.bench.core",
     "experiments.bench.search",
+    "experiments.bench.refine",
 ]
 
 COLUMNS = ["bench", "case", "value", "unit", "target", "ok", "note"]

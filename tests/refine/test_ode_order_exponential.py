@@ -8,6 +8,7 @@ in lambda (the asymptotic regime then starts only at hundreds of steps).
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -40,3 +41,26 @@ def test_measured_order_matches_declared_order(measured_errors, solver):
     assert np.all(np.diff(errs) < 0), errs
     order = ref.measured_order(STEPS, errs)
     assert abs(order - its.refine.SOLVERS[solver].order) <= 0.3, (solver, order, errs)
+
+
+def test_exponential_integrators_are_exact_for_a_point_mass():
+    """With data a point mass m, x0_hat = m all along the flow, so the exponential update is the exact
+    solution x_{t_min} = alpha m + (sigma(t_min) / sigma(t_max)) (x - alpha(t_max) m) at any number of steps;
+    Euler in t is not exact on the VP path (a control that the check can fail)."""
+    m = jnp.array([[1.5, -0.5]])
+    gmm = its.models.GaussianMixture(jnp.array([1.0]), m, 1e-12 * jnp.eye(2)[None])
+    x = ref.noise(batch=4)
+    samplers = {(name, solver): its.refine.ode(gmm.velocity(path), solver, path=path)
+                for name, path in (("linear", its.paths.linear()), ("vp", its.paths.vp()))
+                for solver in (*SOLVERS, "euler")}
+    outputs = jax.jit(lambda x: {k: its.run(s, jax.random.key(0), x, num_steps=3).output
+                                 for k, s in samplers.items()})(x)
+    grid = its.paths.Grid("uniform")
+    for (name, solver), out in outputs.items():
+        path = its.paths.get(name)
+        exact = path.alpha(grid.t_min) * m + path.sigma(grid.t_min) / path.sigma(grid.t_max) * (
+            x - path.alpha(grid.t_max) * m)
+        if solver == "euler" and name == "vp":
+            assert float(jnp.abs(out - exact).max()) > 0.1
+        else:
+            np.testing.assert_allclose(out, exact, atol=1e-9, err_msg=f"{solver} on {name}")

@@ -1,0 +1,126 @@
+"""Refinement benchmarks: every ODE solver of ``its.refine.ode`` on a 2 -> 256 -> 256 -> 2 NNX MLP velocity.
+
+Per solver, at batch 64 and 4096, ratios measured inside one interleaved run:
+
+* ``its.run`` / bare network loop: a ``lax.scan`` making the same number of MLP calls with nothing but an
+  axpy around them (the physical limit); target <= 1.10x.
+* ``its.run`` / diffrax with the same fixed-step solver at equal NFE (Euler, midpoint, Heun, RK4 through a
+  custom Butcher tableau); target parity (<= 1.05x, the timing noise).
+* PyTorch eager loop of the same solver and the same MLP weights / ``its.run``
+  (:mod:`experiments.bench.torch_peers`, checked to compute the same values by
+  ``tests/refine/test_ode_torch_peers.py``); target >= 2x at batch 64. PyTorch is timed in a block of
+  its own after the interleaved JAX timings (its spinning OpenMP workers would slow the next JAX call).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+from jax import lax
+
+import itscale as its
+from experiments.bench import torch_peers
+from experiments.bench.timing import time_fn, time_interleaved
+from itscale.models.mlp import MLP, as_fn
+from itscale.refine import SOLVERS
+
+PATH = its.paths.linear()
+GRID = its.paths.Grid("uniform")
+
+
+class RK4(diffrax.AbstractERK):
+    """The classical RK4 tableau for diffrax (which ships no fixed-step RK4)."""
+
+    tableau: ClassVar[diffrax.ButcherTableau] = diffrax.ButcherTableau(
+        c=np.array([0.5, 0.5, 1.0]), b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]), b_error=np.zeros(4),
+        a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])))
+    interpolation_cls: ClassVar = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+
+    def order(self, terms):
+        return 4
+
+
+DIFFRAX = {"euler": diffrax.Euler, "midpoint": diffrax.Midpoint, "heun": diffrax.Heun, "rk4": RK4}
+
+
+def bare_loop(velocity, calls: int):
+    """``calls`` chained MLP evaluations in a ``lax.scan``, nothing else."""
+    times = jnp.linspace(1.0, 0.0, calls)
+
+    @jax.jit
+    def loop(x):
+        return lax.scan(lambda x, t: (x - 0.01 * velocity(x, t), None), x, times)[0]
+
+    return loop
+
+
+def diffrax_loop(velocity, solver: str, num_steps: int):
+    """diffrax fixed-step solve over the same uniform grid, saving only the end point."""
+    t_max, t_min = GRID.t_max, GRID.t_min
+    term = diffrax.ODETerm(lambda t, y, args: velocity(y, t))
+
+    @jax.jit
+    def loop(x):
+        return diffrax.diffeqsolve(term, DIFFRAX[solver](), t_max, t_min, (t_min - t_max) / num_steps, x,
+                                   saveat=diffrax.SaveAt(t1=True), max_steps=num_steps).ys[0]
+
+    return loop
+
+
+def solver_rows(model, solver: str, batch: int, num_steps: int, repeats: int) -> list[dict]:
+    velocity = as_fn(model)
+    x = jax.random.normal(jax.random.key(1), (batch, 2), jnp.float32)
+    sampler, key = its.refine.ode(velocity, solver, grid=GRID, path=PATH), jax.random.key(2)
+    calls = num_steps * SOLVERS[solver].nfe_per_step
+    torch_model, torch_x = torch_peers.TorchMLP.from_nnx(model), torch.from_numpy(np.array(x))
+    times = np.asarray(GRID.times(num_steps, dtype=jnp.float32))
+    bare = bare_loop(velocity, calls)
+    fns = {"its": lambda: its.run(sampler, key, x, num_steps=num_steps).output, "bare": lambda: bare(x)}
+    if solver in DIFFRAX:
+        solve = diffrax_loop(velocity, solver, num_steps)
+        fns["diffrax"] = lambda: solve(x)
+    seconds = time_interleaved(fns, repeats=repeats)
+    # PyTorch is timed in its own block: its OpenMP workers keep spinning after a call and would slow
+    # whichever JAX function ran next in an interleaved loop.
+    seconds["torch"] = time_fn(lambda: torch_peers.sample(solver, torch_model, torch_x, times, PATH),
+                               repeats=max(3, repeats // 3))
+    case = f"{solver}, batch {batch}, {num_steps} steps ({calls} NFE/sample)"
+    overhead = seconds["its"] / seconds["bare"]
+    rows = [{"bench": "refine: its.run / bare MLP loop", "case": case, "value": overhead, "unit": "x",
+             "target": "<= 1.10x", "ok": overhead <= 1.10, "note": f"its {seconds['its'] * 1e3:.2f} ms"}]
+    if "diffrax" in seconds:
+        ratio = seconds["its"] / seconds["diffrax"]
+        rows.append({"bench": "refine: its.run / diffrax fixed step", "case": case, "value": ratio,
+                     "unit": "x", "target": "<= 1.05x", "ok": ratio <= 1.05,
+                     "note": f"diffrax {seconds['diffrax'] * 1e3:.2f} ms"})
+    speedup = seconds["torch"] / seconds["its"]
+    rows.append({"bench": "refine: PyTorch eager / its.run", "case": case, "value": speedup, "unit": "x",
+                 "target": ">= 2x" if batch == 64 else "", "ok": speedup >= 2.0 if batch == 64 else None,
+                 "note": f"torch {seconds['torch'] * 1e3:.2f} ms"})
+    return rows
+
+
+def rows(quick: bool = False) -> list[dict]:
+    """Batch 64: 100 steps (50 quick), enough for the loop to dominate the per-call dispatch; batch 4096:
+    20 steps (5 quick), where each call is already long."""
+    model = MLP(2, width=256, depth=2, rngs=nnx.Rngs(0))
+    settings = {64: (50, 7) if quick else (100, 15), 4096: (5, 3) if quick else (20, 5)}
+    out = []
+    for batch, (num_steps, repeats) in settings.items():
+        for solver in SOLVERS:
+            out += solver_rows(model, solver, batch, num_steps, repeats)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    from experiments.common import markdown_table
+
+    print(markdown_table(rows(quick="--quick" in sys.argv)))
