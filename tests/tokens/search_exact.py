@@ -41,3 +41,13 @@ def contains_probability(model, token: int, length: int):
 def exact_contains_probability(model, prompt_last: int, token: int, length: int) -> float:
     """P(a completion of ``length`` tokens after a prompt ending in ``prompt_last`` contains ``token``)."""
     return float(1.0 - no_hit_table(model, token, length)[length, prompt_last])
+
+
+def rare_token_model(token: int = 3, vocab_size: int = 4, seed: int = 3):
+    """A MarkovLM under which ``token`` is rare (its logits lowered by 2): P(it appears in 5 tokens
+    after token 1) = 0.161."""
+    import itscale as its
+
+    logits = np.random.default_rng(seed).normal(size=(vocab_size, vocab_size))
+    logits[:, token] -= 2.0
+    return its.models.MarkovLM(np.zeros(vocab_size), logits)

@@ -14,14 +14,12 @@ import pytest
 import itscale as its
 from itscale.models.markov import all_sequences
 
-from .search_exact import completion_contains, contains_probability, exact_contains_probability
+from .search_exact import completion_contains, contains_probability, exact_contains_probability, rare_token_model
 
 jax.config.update("jax_enable_x64", True)
 
 V, L, A, N, SEEDS = 4, 5, 3, 256, 20
-_logits = np.random.default_rng(3).normal(size=(V, V))
-_logits[:, A] -= 2.0                                              # A is rare: Z = 0.16
-MODEL = its.models.MarkovLM(np.zeros(V), _logits)
+MODEL = rare_token_model(A, V)                                    # A is rare: Z = 0.16
 PROMPT = jnp.array([[1]])
 BUDGET = 1 + N * L
 Z = exact_contains_probability(MODEL, 1, A, L)
