@@ -21,7 +21,10 @@ unipc               3     1     needs ``path``; UniPC-2 (bh2) predictor--correct
 ``grid``: a kind name (``"uniform"``, ``"quadratic"``, ``"karras"``, ``"log_snr"``: the
 :class:`itscale.paths.Grid` defaults, t_max = 1 and t_min = 1e-3, which keeps VP velocities finite;
 ``karras`` and ``log_snr`` need ``path``), a :class:`itscale.paths.Grid`, or an explicit strictly
-decreasing 1-D array of times in [0, 1] (then ``num_steps`` must be ``len(times) - 1``).
+decreasing 1-D array of times in [0, 1] (then ``num_steps`` must be ``len(times) - 1``). The exponential
+integrators step in lambda = log(alpha / sigma): on a grid ending at sigma = 0 (t_min = 0 on the linear
+path) their last step is the denoising x = x0_hat, which caps them at order 2; a grid whose lambda-steps
+are all finite and small (``log_snr``) shows their declared order (``experiments/convergence.py``).
 
 State: a NamedTuple whose leaves are all shaped like ``x`` (batch leading), with field ``x``; multistep
 solvers also keep their earlier model outputs there (the first step uses a lower order). ``info``:
