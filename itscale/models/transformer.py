@@ -67,18 +67,29 @@ class KVCache(NamedTuple):
         return self.lengths - self.start
 
 
+def rope_angles(positions: jax.Array, head_dim: int, base: float, dtype: Any
+                ) -> tuple[jax.Array, jax.Array]:
+    """``(cos, sin)`` of the RoPE angles ``p * base^(-2i/D)``, i < D/2: ``positions.shape + (D/2,)``."""
+    half = head_dim // 2
+    freq = base ** (-jnp.arange(half, dtype=dtype) / half)
+    angle = positions.astype(dtype)[..., None] * freq
+    return jnp.cos(angle), jnp.sin(angle)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE: ``(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)`` on the last axis of x."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
 def rope(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
     """Rotary position embedding of ``x`` (..., L, heads, D) at integer ``positions`` (..., L).
 
-    Rotate-half form: ``(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)`` with angles
-    ``p * base^(-2i/D)``, i < D/2 (Su et al. 2021, arXiv 2104.09864, eq. 34).
+    Su et al. 2021, arXiv 2104.09864, eq. 34 (rotate-half form).
     """
-    half = x.shape[-1] // 2
-    freq = base ** (-jnp.arange(half, dtype=x.dtype) / half)
-    angle = positions.astype(x.dtype)[..., None, None] * freq      # (..., L, 1, D/2)
-    cos, sin = jnp.cos(angle), jnp.sin(angle)
-    x1, x2 = x[..., :half], x[..., half:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    cos, sin = rope_angles(positions, x.shape[-1], base, x.dtype)
+    return apply_rope(x, cos[..., None, :], sin[..., None, :])
 
 
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array, start: jax.Array,
@@ -127,11 +138,11 @@ def _write(buffer: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
 class Block(nnx.Module):
     """Pre-norm transformer block: ``x + Attn(Norm(x))`` then ``x + MLP(Norm(x))``."""
 
-    def __init__(self, width: int, num_heads: int, mlp_ratio: int, norm: str, rope_base: float, *,
+    def __init__(self, width: int, num_heads: int, mlp_ratio: int, norm: str, *,
                  dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
         norm_cls = {"layernorm": nnx.LayerNorm, "rmsnorm": nnx.RMSNorm}[norm]
         dense = functools.partial(nnx.Linear, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.num_heads, self.head_dim, self.rope_base = num_heads, width // num_heads, rope_base
+        self.num_heads, self.head_dim = num_heads, width // num_heads
         self.attn_norm = norm_cls(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.qkv = dense(width, 3 * width)
         self.out = dense(width, width)
@@ -139,14 +150,14 @@ class Block(nnx.Module):
         self.mlp_in = dense(width, mlp_ratio * width)
         self.mlp_out = dense(mlp_ratio * width, width)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, query_slots: jax.Array, start: jax.Array,
-                 kv: tuple[jax.Array, jax.Array] | None):
-        """x (B, L, W); positions/query_slots (B, L); kv: this layer's (K, V) buffers or None."""
+    def __call__(self, x: jax.Array, rotation: tuple[jax.Array, jax.Array], query_slots: jax.Array,
+                 start: jax.Array, kv: tuple[jax.Array, jax.Array] | None):
+        """x (B, L, W); rotation: RoPE (cos, sin) (B, L, D/2); query_slots (B, L); kv: (K, V) or None."""
         batch, length, width = x.shape
         qkv = self.qkv(self.attn_norm(x)).reshape(batch, length, 3, self.num_heads, self.head_dim)
-        q = rope(qkv[:, :, 0], positions, self.rope_base) * (self.head_dim ** -0.5)
-        k = rope(qkv[:, :, 1], positions, self.rope_base)
-        v = qkv[:, :, 2]
+        cos, sin = (r[:, :, None, None, :] for r in rotation)
+        qk = apply_rope(qkv[:, :, :2], cos.astype(qkv.dtype), sin.astype(qkv.dtype))     # q and k at once
+        q, k, v = qk[:, :, 0] * (self.head_dim ** -0.5), qk[:, :, 1], qkv[:, :, 2]
         cached = None if kv is None else (*kv, query_slots[:, 0])
         attended = _attend(_heads_first(q), _heads_first(k), _heads_first(v), query_slots, start, cached)
         if kv is not None:
@@ -191,11 +202,11 @@ class Transformer(nnx.Module):
         if width % num_heads or (width // num_heads) % 2:
             raise ValueError(f"width must be a multiple of num_heads with an even head_dim "
                              f"(width / num_heads), got width={width}, num_heads={num_heads}")
-        self.num_heads, self.head_dim = num_heads, width // num_heads
+        self.num_heads, self.head_dim, self.rope_base = num_heads, width // num_heads, rope_base
         self.param_dtype = param_dtype
         self.embed = nnx.Embed(vocab_size, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.blocks = nnx.List([
-            Block(width, num_heads, mlp_ratio, norm, rope_base, dtype=dtype, param_dtype=param_dtype,
+            Block(width, num_heads, mlp_ratio, norm, dtype=dtype, param_dtype=param_dtype,
                   rngs=rngs) for _ in range(depth)])
         norm_cls = {"layernorm": nnx.LayerNorm, "rmsnorm": nnx.RMSNorm}[norm]
         self.final_norm = norm_cls(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -247,11 +258,13 @@ class Transformer(nnx.Module):
         return logits
 
     def _run(self, tokens, query_slots, start, kvs):
-        positions = jnp.maximum(query_slots - start[:, None], 0)
         x = self.embed(tokens)
+        positions = jnp.maximum(query_slots - start[:, None], 0)
+        angle_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        rotation = rope_angles(positions, self.head_dim, self.rope_base, angle_dtype)   # once for all layers
         new_kvs = []
         for block, kv in zip(self.blocks, kvs):
-            x, kv = block(x, positions, query_slots, start, kv)
+            x, kv = block(x, rotation, query_slots, start, kv)
             new_kvs.append(kv)
         return self.head(self.final_norm(x)), new_kvs
 
