@@ -29,7 +29,8 @@ from itscale.search.resampling import all_impossible, log_normalize
 def apportion(log_weights, total) -> jax.Array:
     """int32 counts on the last axis summing to ``total`` (0 if all weights are −inf); see module doc."""
     log_weights = jnp.asarray(log_weights)
-    probabilities = jnp.where(all_impossible(log_weights)[..., None], 0.0, jnp.exp(log_normalize(log_weights)))
+    impossible = all_impossible(log_weights)[..., None]
+    probabilities = jnp.where(impossible, 0.0, jnp.exp(log_normalize(log_weights)))
     total = jnp.asarray(total, jnp.int32)
     quota = probabilities * total[..., None].astype(probabilities.dtype)
     whole = jnp.floor(quota)
@@ -40,7 +41,7 @@ def apportion(log_weights, total) -> jax.Array:
     order = jnp.argsort(-fraction, axis=-1, stable=True)
     rank = jnp.argsort(order, axis=-1)
     extra = (rank < remainder[..., None]) & (probabilities > 0)
-    return jnp.where(all_impossible(log_weights)[..., None], 0, counts + extra.astype(jnp.int32))
+    return jnp.where(impossible, 0, counts + extra.astype(jnp.int32))
 
 
 class Slots(NamedTuple):

@@ -65,8 +65,8 @@ def test_full_beam_with_eos_through_an_ngram_cache_matches_the_masked_law():
     eos = 2
     prompt = jnp.array([[0, 1]])
     budget, sampler = full_beam(NGRAM, 2, eos_id=eos)
-    result = its.run(sampler, jax.random.key(1), prompt, num_steps=L, trace=lambda s: (s.live, s.rank,
-                                                                                         s.rollout.seq.finished))
+    record = lambda s: (s.live, s.rank, s.rollout.seq.finished)  # noqa: E731
+    result = its.run(sampler, jax.random.key(1), prompt, num_steps=L, trace=record)
     out = result.output
     law = masked_law(np.exp(np.asarray(NGRAM.completion_log_probs(prompt[0], L))), V, L, eos, 0)
     assert int(result.stats.nfe) <= budget and int(out.split.nfe_bound) == budget

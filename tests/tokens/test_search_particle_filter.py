@@ -17,7 +17,8 @@ from scipy import stats
 
 import itscale as its
 
-from .search_exact import completion_contains, contains_probability, exact_contains_probability, rare_token_model
+from .search_exact import (completion_contains, contains_probability, exact_contains_probability,
+                           rare_token_model)
 
 jax.config.update("jax_enable_x64", True)
 
@@ -90,8 +91,9 @@ def test_answer_improves_with_the_budget_and_beats_plain_sampling():
 
 
 def test_log_odds_and_argument_errors():
-    np.testing.assert_allclose(its.tokens.search.log_odds(jnp.array([0.5, 0.8])), [0.0, np.log(4.0)], atol=1e-12)
-    edge = np.asarray(its.tokens.search.log_odds(jnp.array([0.0, 1.0, 1.5, jnp.nan])))
+    log_odds = its.tokens.search.log_odds
+    np.testing.assert_allclose(log_odds(jnp.array([0.5, 0.8])), [0.0, np.log(4.0)], atol=1e-12)
+    edge = np.asarray(log_odds(jnp.array([0.0, 1.0, 1.5, jnp.nan])))
     assert edge[0] == -np.inf and np.isfinite(edge[1]) and edge[1] > 30 and np.isnan(edge[2:]).all()
     with pytest.raises(ValueError, match="tau"):
         its.tokens.particle_filter(MODEL.logits_fn, PRM, nfe_budget=100, num_steps=L, step_length=1, tau=0.0)

@@ -44,7 +44,8 @@ def prm(generation):
 @functools.cache
 def _runs():
     """Outputs, stats and traces (live, rank, finished) for T = 0.05 and 20: one compilation."""
-    sampler = its.tokens.rebase(MODEL.logits_fn, prm, nfe_budget=BUDGET, num_steps=L, step_length=1, eos_id=EOS)
+    sampler = its.tokens.rebase(MODEL.logits_fn, prm, nfe_budget=BUDGET, num_steps=L, step_length=1,
+                                eos_id=EOS)
     sampler = sampler._replace(step=chex.assert_max_traces(sampler.step, n=1))
 
     def one(key, params):
@@ -60,7 +61,8 @@ def _runs():
 def test_completed_nodes_keep_one_slot_and_invalid_rewards_are_masked():
     for out, run_stats, (live, rank, finished) in _runs().values():
         assert np.all(np.asarray(run_stats.nonfinite) == 0)
-        assert np.all(np.asarray(run_stats.nfe) <= 2 * BUDGET) and np.all(np.asarray(out.split.nfe_bound) == BUDGET)
+        assert np.all(np.asarray(run_stats.nfe) <= 2 * BUDGET)
+        assert np.all(np.asarray(out.split.nfe_bound) == BUDGET)
         assert int(np.sum(out.invalid_rewards)) > 0
         scores = np.asarray(out.scores)
         assert not np.isnan(scores).any() and not np.isnan(np.asarray(out.best_score)).any()
@@ -88,7 +90,8 @@ def test_low_balance_temperature_gives_high_reward_nodes_the_children():
 
 def test_rebase_argument_errors():
     with pytest.raises(ValueError, match="reward_temperature"):
-        its.tokens.rebase(MODEL.logits_fn, prm, nfe_budget=BUDGET, num_steps=L, step_length=1, reward_temperature=0.0)
+        its.tokens.rebase(MODEL.logits_fn, prm, nfe_budget=BUDGET, num_steps=L, step_length=1,
+                          reward_temperature=0.0)
     with pytest.raises(ValueError, match="nfe_budget=6 is too small"):
         its.tokens.rebase(MODEL.logits_fn, prm, nfe_budget=6, num_steps=L, step_length=1)
     with pytest.raises(TypeError, match="reward_fn"):

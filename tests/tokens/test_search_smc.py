@@ -14,7 +14,8 @@ import pytest
 import itscale as its
 from itscale.models.markov import all_sequences
 
-from .search_exact import completion_contains, contains_probability, exact_contains_probability, rare_token_model
+from .search_exact import (completion_contains, contains_probability, exact_contains_probability,
+                           rare_token_model)
 
 jax.config.update("jax_enable_x64", True)
 

@@ -14,7 +14,8 @@ import itscale as its
 from itscale.tokens.search import balance_children, keep_best_child, keep_top_beams
 from itscale.tokens.search.rebase import RebaseParams
 
-from .search_exact import completion_contains, contains_probability, exact_contains_probability, rare_token_model
+from .search_exact import (completion_contains, contains_probability, exact_contains_probability,
+                           rare_token_model)
 
 jax.config.update("jax_enable_x64", True)
 
@@ -92,20 +93,30 @@ def test_selection_rules_against_direct_references():
     scores = jnp.array([[[0.3, -inf, 0.9, 0.9, 0.1, 0.5]]])
     live = scores > -inf
     done = jnp.array([[[False, False, True, False, False, False]]])
-    # top 3 beams, 2 children each; the finished one keeps 1; ties to the lowest slot
-    np.testing.assert_array_equal(keep_top_beams(3, 2)(scores, live, done, None), [[[0, 0, 1, 2, 0, 2]]])
-    np.testing.assert_array_equal(keep_top_beams(8, 2)(scores, live, done, None), [[[2, 0, 1, 2, 2, 2]]])
-    grouped = scores.reshape(1, 2, 3)
-    np.testing.assert_array_equal(keep_best_child(grouped, grouped > -inf, done.reshape(1, 2, 3), None),
-                                  [[[0, 0, 1], [3, 0, 0]]])
     none = jnp.full((1, 1, 3), -inf)
-    np.testing.assert_array_equal(keep_best_child(none, none > -inf, none > 0, None), 0)
-    # REBASE: completed nodes keep one slot, the open ones share the rest by softmax(r / T) (largest remainder)
-    for temperature in (0.1, 1.0):
-        counts = np.asarray(balance_children(scores, live, done, RebaseParams(None, temperature)))[0, 0]
-        open_ = np.asarray(live & ~done)[0, 0]
+
+    @jax.jit
+    def rules(temperatures):
+        grouped = scores.reshape(1, 2, 3)
+        return (keep_top_beams(3, 2)(scores, live, done, None), keep_top_beams(8, 2)(scores, live, done, None),
+                keep_best_child(grouped, grouped > -inf, done.reshape(1, 2, 3), None),
+                keep_best_child(none, none > -inf, none > 0, None),
+                [balance_children(scores, live, done, RebaseParams(None, t)) for t in temperatures],
+                balance_children(none, none > -inf, none > 0, RebaseParams(None, 1.0)))
+
+    top_3, top_8, best_child, best_of_none, balanced, balanced_none = rules((0.1, 1.0))
+    # top 3 beams, 2 children each; the finished one keeps 1; ties to the lowest slot
+    np.testing.assert_array_equal(top_3, [[[0, 0, 1, 2, 0, 2]]])
+    np.testing.assert_array_equal(top_8, [[[2, 0, 1, 2, 2, 2]]])
+    np.testing.assert_array_equal(best_child, [[[0, 0, 1], [3, 0, 0]]])
+    np.testing.assert_array_equal(best_of_none, 0)
+    # REBASE: completed nodes keep one slot, the open ones share the rest by softmax(r / T)
+    # (largest remainder)
+    open_ = np.asarray(live & ~done)[0, 0]
+    for temperature, counts in zip((0.1, 1.0), balanced):
+        counts = np.asarray(counts)[0, 0]
         weights = np.where(open_, np.exp(np.asarray(scores)[0, 0] / temperature), 0.0)
         quota = 5 * weights / weights.sum()
         assert counts[2] == 1 and counts[1] == 0 and counts.sum() == 6
         assert np.all(np.abs(counts[open_] - quota[open_]) < 1)
-    np.testing.assert_array_equal(balance_children(none, none > -inf, none > 0, RebaseParams(None, 1.0)), 0)
+    np.testing.assert_array_equal(balanced_none, 0)

@@ -28,6 +28,7 @@ def candidate_answers(candidates: Generation, extract_answer: Callable, live=Non
         raise ValueError(f"candidates.tokens must have shape (..., n, L), got {tokens.shape}")
     answers = jnp.asarray(extract_answer(tokens.reshape(-1, tokens.shape[-1])))
     if answers.shape != (tokens.size // tokens.shape[-1],):
-        raise ValueError(f"extract_answer must map tokens (rows, L) to ids (rows,), got shape {answers.shape}")
+        raise ValueError(f"extract_answer must map tokens (rows, L) to ids (rows,), got shape "
+                         f"{answers.shape}")
     answers = answers.reshape(tokens.shape[:-1])
     return answers if live is None else jnp.where(jnp.asarray(live), answers, NO_ANSWER).astype(answers.dtype)

@@ -53,4 +53,5 @@ def beam_search(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, nu
 
     return tree_search(logits_fn, reward_fn, select, nfe_budget=nfe_budget, num_steps=num_steps,
                        step_length=step_length, group_width=expansions, group_name="beam",
-                       independent_groups=False, separator_id=separator_id, expansion=expansion, **rollout_options)
+                       independent_groups=False, separator_id=separator_id, expansion=expansion,
+                       **rollout_options)

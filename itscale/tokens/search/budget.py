@@ -75,9 +75,9 @@ def plan_search(nfe_budget: int, *, prompt_len: int, num_steps: int, step_length
     if num_groups < 1:
         need = prompt_len + group_width * per_row
         raise ValueError(
-            f"nfe_budget={budget} is too small: the prompt prefill costs {prompt_len} NFE and one {group_name} "
-            f"of {group_width} row(s) over num_steps={num_steps} steps of up to step_length={step_length} "
-            f"tokens costs {group_width * per_row}; give nfe_budget >= {need}")
+            f"nfe_budget={budget} is too small: the prompt prefill costs {prompt_len} NFE and one "
+            f"{group_name} of {group_width} row(s) over num_steps={num_steps} steps of up to "
+            f"step_length={step_length} tokens costs {group_width * per_row}; give nfe_budget >= {need}")
     width = num_groups * group_width
     return SearchSplit(budget, prompt_len + width * per_row, prompt_len, width, num_groups, group_width,
                        num_steps, step_length, 1)

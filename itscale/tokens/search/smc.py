@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from itscale.core import checks
 from itscale.core.particles import particles
 from itscale.core.sampler import Sampler
 from itscale.search.smc import SMCOutput, SMCParams, smc
@@ -58,8 +57,8 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
         ``SMCParams(base=decoding params, lam, ess_threshold)``.
       rollout_options: temperature, top_k, top_p, min_p, eos_id, pad_id, init_cache, rewind, max_len.
     """
-    nfe_budget, num_steps, step_length = check_budget(nfe_budget, num_steps=num_steps, step_length=step_length,
-                                                      group_name="particle")
+    nfe_budget, num_steps, step_length = check_budget(nfe_budget, num_steps=num_steps,
+                                                      step_length=step_length, group_name="particle")
     base = step_rollout(logits_fn, step_length=step_length, separator_id=separator_id, noise="step",
                         max_new_tokens=num_steps * step_length, **rollout_options)
     options = dict(potential=potential, resample=resample, ess_threshold=ess_threshold, lam=lam)

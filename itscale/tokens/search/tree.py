@@ -15,7 +15,8 @@ The engine behind step-level beam search (Snell et al. 2024, arXiv 2408.03314), 
    each live node its number of children for the next step (Σ over a group <= its slots); the
    children are laid out in the group's slots (``itscale.search.offspring_slots``); unused slots are
    dead. Groups are the ``group_width`` blocks of the width when ``independent_groups`` (DVTS
-   subtrees), else the whole width is one group (beam search, REBASE). At the last step every kept node gets exactly one slot: the output is the kept set.
+   subtrees), else the whole width is one group (beam search, REBASE). At the last step every kept
+   node gets exactly one slot: the output is the kept set.
 
 Finished sequences (EOS or a full buffer) are masked, never dropped or double-counted: the rules
 give a finished node at most one slot (a copy would be an identical, already complete sequence), and
@@ -159,8 +160,9 @@ def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *,
         raise TypeError(f"reward_fn must be callable (Generation -> scores of shape (rows,)), got "
                         f"{type(reward_fn).__name__}")
     group_width = checks.positive_int("group_width", group_width)
-    nfe_budget, num_steps, step_length = check_budget(nfe_budget, num_steps=num_steps, step_length=step_length,
-                                                      group_width=group_width, group_name=group_name)
+    nfe_budget, num_steps, step_length = check_budget(nfe_budget, num_steps=num_steps,
+                                                      step_length=step_length, group_width=group_width,
+                                                      group_name=group_name)
     expansion = checks.choice("expansion", expansion, EXPANSIONS)
     base = step_rollout(logits_fn, step_length=step_length, separator_id=separator_id, noise="step",
                         max_new_tokens=num_steps * step_length, **rollout_options)
@@ -193,7 +195,8 @@ def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *,
         seq = state.rollout.seq
         rollout = state.rollout._replace(seq=seq._replace(finished=seq.finished | ~live))  # dead rows wait
         if expansion == "top_k":
-            constrained, forced_log_prob, possible = _force_first_tokens(rollout, state.rank.reshape(-1), width)
+            rank = state.rank.reshape(-1)
+            constrained, forced_log_prob, possible = _force_first_tokens(rollout, rank, width)
             expanded, _ = base.step(key, constrained, ctx, params.base)
             expanded = _restore_model_log_probs(rollout, expanded, forced_log_prob)
             live = live & possible
@@ -201,7 +204,8 @@ def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *,
             expanded, _ = base.step(key, rollout, ctx, params.base)
         r = reward(base.finalize(expanded))
         if jnp.shape(r) != live.shape:
-            raise ValueError(f"reward_fn must return scores of shape (rows,) = {live.shape}, got {jnp.shape(r)}")
+            raise ValueError(f"reward_fn must return scores of shape (rows,) = {live.shape}, got "
+                             f"{jnp.shape(r)}")
         invalid = jnp.isnan(r) | (r == jnp.inf)
         alive = live & ~invalid & (r > -jnp.inf)
         size = slots_per_group(width)
@@ -211,7 +215,8 @@ def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *,
         counts = jnp.where(alive.reshape(groups), counts, 0)
         counts = jnp.where(ctx.step == ctx.num_steps - 1, jnp.minimum(counts, 1), counts)
         slots = offspring_slots(counts)
-        rows = (jnp.arange(batch * width // size)[:, None] * size + slots.parent.reshape(-1, size)).reshape(-1)
+        group_start = jnp.arange(batch * width // size)[:, None] * size
+        rows = (group_start + slots.parent.reshape(-1, size)).reshape(-1)
         kept = jnp.take_along_axis(scores, slots.parent, axis=-1)
         new_state = TreeState(gather_particles(expanded, rows), slots.used.reshape(batch, width),
                               slots.rank.reshape(batch, width),
