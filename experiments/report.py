@@ -16,6 +16,7 @@ import time
 from experiments.common import StudyResult, write_json_atomic, write_text_atomic
 
 STUDIES = [
+    "experiments.tokens",
     "experiments.convergence",
 ]
 
