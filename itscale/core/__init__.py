@@ -1,6 +1,6 @@
 """Core: the ``Sampler`` type, the ``run`` loop, compute accounting and combinators."""
 
-from itscale.core import checks
+from itscale.core import checks, sharding
 from itscale.core.budget import budget_scope, current_budget
 from itscale.core.chain import chain
 from itscale.core.counting import (batch_size, cond, counted, eval_shape, scan, switch, token_positions,
@@ -15,6 +15,6 @@ __all__ = [
     "Result", "Sampler", "SaveAt", "Stats", "StepContext", "Trace", "batch_size", "budget_scope", "chain",
     "checks", "current_budget",
     "cond", "count_nonfinite", "counted", "eval_shape", "identity_finalize", "particles",
-    "predictor_corrector", "run", "scan", "split_per_particle", "step_key", "switch", "token_positions",
+    "predictor_corrector", "run", "scan", "sharding", "split_per_particle", "step_key", "switch", "token_positions",
     "vmap", "while_loop",
 ]

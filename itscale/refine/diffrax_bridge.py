@@ -51,7 +51,7 @@ from itscale.core import checks, counting
 from itscale.core.counting import counted
 from itscale.core.sampler import Sampler
 from itscale.paths.path import Path
-from itscale.refine.ode import _times_rule
+from itscale.refine.grid_times import grid_times
 from itscale.refine.sde import check_noise
 from itscale.refine.solvers import Clock, Model
 
@@ -153,7 +153,7 @@ def diffrax_ode(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = N
         raise TypeError(f"path must be an itscale.paths.Path or None, got {path!r}")
     model = Model(counted(velocity_fn), path)
     term = _vector_field(model.velocity_fn)
-    times_rule = _times_rule(grid, path)
+    times_rule = grid_times(grid, path)
     per_step = costs.solver_init + costs.first_step
 
     def init(key, x, params):
@@ -237,7 +237,7 @@ def adaptive(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = None
     for name, tol in (("rtol", rtol), ("atol", atol)):
         checks.in_range(name, tol, 0.0, float("inf"), inclusive=False)
     term = _vector_field(counted(velocity_fn), sign=-1.0)
-    times_rule = _times_rule(grid, path)
+    times_rule = grid_times(grid, path)
 
     def init(key, x, params):
         check_noise("x", x)

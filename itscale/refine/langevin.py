@@ -31,7 +31,7 @@ from itscale.paths import conversions
 from itscale.paths.path import Path
 from itscale.refine.flow_to_sde import counted_velocity
 from itscale.refine.gaussian_transition import gaussian_move
-from itscale.refine.ode import _times_rule
+from itscale.refine.grid_times import grid_times
 from itscale.refine.sde import SDEState, check_noise
 from itscale.refine.solvers import Clock, Model
 
@@ -44,7 +44,7 @@ def _mean_noise_norm(dims: int) -> float:
 def langevin(model_fn: Callable, path: Path, *, grid="uniform", prediction: str = "velocity") -> Sampler:
     """Langevin corrector for ``model_fn`` (predicting ``prediction`` on ``path``); params {"snr": 0.16}."""
     model = Model(counted_velocity(model_fn, path, prediction), path)
-    times_rule = _times_rule(grid, path)
+    times_rule = grid_times(grid, path)
 
     def move(operands):
         key, x, t, snr = operands

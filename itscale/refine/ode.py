@@ -36,39 +36,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from itscale.core import checks
 from itscale.core.counting import counted
 from itscale.core.sampler import Sampler
-from itscale.paths.grids import Grid, check_times
-from itscale.paths.grids import grid as as_grid
 from itscale.paths.path import Path
+from itscale.refine.grid_times import grid_times
 from itscale.refine.solvers import SOLVERS, Clock, Model
-
-_GRIDS_NEEDING_PATH = ("karras", "log_snr")
-
-
-def _times_rule(grid, path: Path | None) -> Callable[[int, jnp.dtype], jax.Array]:
-    """``rule(num_steps, dtype)`` -> the ``num_steps + 1`` decreasing times (a constant at trace time)."""
-    if isinstance(grid, (str, Grid)):
-        rule = as_grid(grid)
-        if rule.kind in _GRIDS_NEEDING_PATH and path is None:
-            raise ValueError(f"grid kind {rule.kind!r} is defined through the path's log-SNR; pass path= "
-                             f"(e.g. itscale.paths.vp()) or use grid='uniform' / 'quadratic'")
-        return lambda n, dtype: rule.times(n, path, dtype=dtype)
-    times = np.asarray(check_times("grid", grid))
-
-    def explicit(n, dtype):
-        if n != times.shape[0] - 1:
-            raise ValueError(f"grid holds {times.shape[0]} times, i.e. {times.shape[0] - 1} steps; run the "
-                             f"sampler with num_steps={times.shape[0] - 1}, got num_steps={n}")
-        return jnp.asarray(times, dtype)
-
-    return explicit
-
 
 def _schedule_row(spec, path, times, step) -> dict:
     """This step's row of the solver's coefficient tables. The tables depend only on the constant grid,
@@ -100,7 +75,7 @@ def ode(velocity_fn: Callable, solver: str = "euler", grid="uniform", path: Path
     if spec.needs_path and path is None:
         raise ValueError(f"solver {solver!r} works with x0 / eps predictions converted from the velocity and "
                          f"needs the model's path: pass path=itscale.paths.linear() (or vp(), ...)")
-    times_rule = _times_rule(grid, path)
+    times_rule = grid_times(grid, path)
     model = Model(counted(velocity_fn), path)
 
     def init(key, x, params):

@@ -32,7 +32,7 @@ from itscale.core.sampler import Sampler
 from itscale.paths.path import Path
 from itscale.refine.flow_to_sde import counted_velocity
 from itscale.refine.gaussian_transition import gaussian_move
-from itscale.refine.ode import _times_rule
+from itscale.refine.grid_times import grid_times
 from itscale.refine.sde import SDEState, check_noise
 from itscale.refine.solvers import SOLVERS, Clock, Model
 
@@ -74,7 +74,7 @@ def restart(velocity_fn: Callable, path: Path, *, restarts: int = 2, restart_ste
     restart_steps = checks.positive_int("restart_steps", restart_steps)
     spec = SOLVERS[checks.choice("solver", solver, ODE_SOLVERS)]
     model = Model(counted_velocity(velocity_fn, path, prediction), path)
-    times_rule = _times_rule(grid, path)
+    times_rule = grid_times(grid, path)
     extra = restarts * restart_steps
 
     def init(key, x, params):

@@ -34,7 +34,7 @@ from itscale.paths.path import Path
 from itscale.refine.diffusion_coefficients import DiffusionCoefficient, diffusion_coefficient
 from itscale.refine.flow_to_sde import counted_velocity, reverse_drift
 from itscale.refine.gaussian_transition import gaussian_move
-from itscale.refine.ode import _times_rule
+from itscale.refine.grid_times import grid_times
 from itscale.refine.solvers import Clock, Model
 
 SOLVERS = ("euler_maruyama",)
@@ -87,7 +87,7 @@ def sde(model_fn: Callable, path: Path, *, g: str | Callable = "kim", solver: st
     checks.choice("solver", solver, SOLVERS)
     model = Model(counted_velocity(model_fn, path, prediction), path)
     coefficient = diffusion_coefficient(g, path)
-    times_rule = _times_rule(grid, path)
+    times_rule = grid_times(grid, path)
 
     def init(key, x, params):
         check_noise("x", x)
