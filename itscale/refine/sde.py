@@ -27,9 +27,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from itscale.core import checks
 from itscale.core.sampler import Sampler
+from itscale.paths.grids import Grid
+from itscale.paths.grids import grid as as_grid
 from itscale.paths.path import Path
 from itscale.refine.diffusion_coefficients import DiffusionCoefficient, diffusion_coefficient
 from itscale.refine.flow_to_sde import counted_velocity, reverse_drift
@@ -88,6 +91,12 @@ def sde(model_fn: Callable, path: Path, *, g: str | Callable = "kim", solver: st
     model = Model(counted_velocity(model_fn, path, prediction), path)
     coefficient = diffusion_coefficient(g, path)
     times_rule = grid_times(grid, path)
+    if g == "forward":
+        t_max = float(np.asarray(grid)[0]) if not isinstance(grid, (str, Grid)) else as_grid(grid).t_max
+        if float(path.alpha(t_max)) == 0.0:
+            raise ValueError(f"g='forward' is infinite where alpha(t) = 0, and the grid starts at t_max={t_max} "
+                             f"where alpha = 0 on {path.name}; use a grid with t_max < 1 "
+                             "(e.g. itscale.paths.Grid('uniform', t_max=0.999)) or another g")
 
     def init(key, x, params):
         check_noise("x", x)

@@ -93,3 +93,12 @@ def test_model_output_is_checked_at_trace_time():
     bad = its.refine.sde(lambda x, t: x[:, :1], PATH)
     with pytest.raises(ValueError, match="model_fn returned shape"):
         its.run(bad, jax.random.key(0), jnp.zeros((3, 2)), num_steps=2)
+
+
+def test_forward_g_is_refused_on_a_grid_starting_where_alpha_vanishes():
+    with pytest.raises(ValueError, match="t_max < 1"):
+        its.refine.sde(lambda x, t: -x, its.paths.linear(), g="forward")
+    with pytest.raises(ValueError, match="alpha = 0"):
+        its.refine.sde(lambda x, t: -x, its.paths.vp_cosine(), g="forward", grid=np.linspace(1.0, 0.01, 5))
+    its.refine.sde(lambda x, t: -x, its.paths.linear(), g="forward", grid=its.paths.Grid("uniform", t_max=0.99))
+    its.refine.sde(lambda x, t: -x, its.paths.vp(), g="forward")  # alpha(1) > 0 on VP: finite
