@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
-from jax import lax
 
 import itscale as its
 from experiments.bench import torch_peers
+from experiments.bench.baselines import bare_loop
 from experiments.bench.timing import time_fn, time_interleaved
 from itscale.models.mlp import MLP, as_fn
 from itscale.refine import SOLVERS
@@ -47,17 +47,6 @@ class RK4(diffrax.AbstractERK):
 
 
 DIFFRAX = {"euler": diffrax.Euler, "midpoint": diffrax.Midpoint, "heun": diffrax.Heun, "rk4": RK4}
-
-
-def bare_loop(velocity, calls: int):
-    """``calls`` chained MLP evaluations in a ``lax.scan``, nothing else."""
-    times = jnp.linspace(1.0, 0.0, calls)
-
-    @jax.jit
-    def loop(x):
-        return lax.scan(lambda x, t: (x - 0.01 * velocity(x, t), None), x, times)[0]
-
-    return loop
 
 
 def diffrax_loop(velocity, solver: str, num_steps: int):
