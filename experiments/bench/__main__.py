@@ -14,6 +14,7 @@ import pathlib
 from experiments.common import markdown_table, write_json_atomic, write_text_atomic
 
 MODULES = [
+    "experiments.bench.token_search",
     "experiments.bench.core",
     "experiments.bench.search",
     "experiments.bench.refine",
