@@ -199,6 +199,7 @@ class Transformer(nnx.Module):
         checks.positive_int("mlp_ratio", mlp_ratio)
         self.max_len = checks.positive_int("max_len", max_len)
         checks.choice("norm", norm, ("layernorm", "rmsnorm"))
+        rope_base = checks.in_range("rope_base", rope_base, 1.0, float("inf"), inclusive=False)
         if width % num_heads or (width // num_heads) % 2:
             raise ValueError(f"width must be a multiple of num_heads with an even head_dim "
                              f"(width / num_heads), got width={width}, num_heads={num_heads}")
@@ -232,7 +233,8 @@ class Transformer(nnx.Module):
         """Logits (batch, L, vocab) of ``tokens`` (batch, L) fed at the cache's current slots.
 
         Prefill (L = prompt length) and decode steps (L = 1) are the same call; the returned cache
-        has ``lengths + L``. ``cache=None``: causal forward from position 0, returns ``(logits, None)``.
+        has ``lengths + L``. Size the cache for the whole run: positions fed past its ``max_len`` slots
+        are dropped. ``cache=None``: causal forward from position 0, returns ``(logits, None)``.
         """
         tokens = checks.int_array("tokens", tokens, ndim=2)
         batch, length = tokens.shape
