@@ -90,7 +90,7 @@ def test_chunked_feeds_and_per_row_rewind(compiled):
 
 def test_scan_decode_matches_no_cache_greedy():
     """Greedy decoding in a lax.scan with the cache writes the same tokens as full recompute."""
-    model = small_model()
+    model = small_model(depth=1)
     apply, params = split_forward(model)
     prompts, new = jax.random.randint(jax.random.key(2), (2, 4), 0, VOCAB), 8
 
@@ -120,7 +120,7 @@ def test_scan_decode_matches_no_cache_greedy():
 
 
 def test_pure_forward_does_not_retrace_for_new_values():
-    model = small_model()
+    model = small_model(depth=1)
     apply, params = split_forward(model)
     traces = []
 
@@ -151,7 +151,7 @@ def test_rope_scores_depend_on_relative_position_only():
 
 def test_float64_model_and_cache():
     with jax.enable_x64(True):
-        model = small_model(param_dtype=jnp.float64, norm="layernorm")
+        model = small_model(param_dtype=jnp.float64, norm="layernorm", depth=1)
         full_fn, step = jitted(model)
         tokens, start = ragged_batch()
         full = full_fn(tokens, start)
@@ -176,7 +176,7 @@ def test_bad_arguments_raise_before_compute():
 
 
 def test_training_on_arithmetic_reduces_loss():
-    model = Transformer(ar.VOCAB_SIZE, width=32, depth=2, num_heads=2, max_len=32, rngs=nnx.Rngs(0))
+    model = Transformer(ar.VOCAB_SIZE, width=32, depth=1, num_heads=2, max_len=32, rngs=nnx.Rngs(0))
 
     def data(key):
         problems = ar.sample_problems(key, 32, 2)
