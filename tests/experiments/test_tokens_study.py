@@ -86,17 +86,13 @@ def test_rerun_resumes_from_sweep(first_run, monkeypatch):
     assert again.figures == result.figures
 
 
-def test_model_training_is_deterministic_and_cached(tmp_path, monkeypatch):
-    config = TINY_MODEL._replace(train_steps=6)
-    first = arithmetic_model.train_or_load(tmp_path / "a", config)
-    second = arithmetic_model.train_or_load(tmp_path / "b", config)
-    assert not first.loaded and not second.loaded
-    state = jax.tree.leaves(nnx.state(first.model))
-    for x, y in zip(state, jax.tree.leaves(nnx.state(second.model))):
-        np.testing.assert_array_equal(x, y)
+def test_model_training_is_deterministic_and_cached(first_run, tmp_path, monkeypatch):
+    out, _ = first_run                      # the study trained TINY_MODEL into out (one checkpoint file)
+    assert [p.name for p in out.glob("*.npz")] == [arithmetic_model.checkpoint_path(out, TINY_MODEL).name]
+    again = arithmetic_model.train_or_load(tmp_path, TINY_MODEL)        # same config, fresh directory
+    assert not again.loaded
     monkeypatch.setattr(arithmetic_model, "train", _fail)
-    loaded = arithmetic_model.train_or_load(tmp_path / "a", config)
-    assert loaded.loaded and loaded.losses == first.losses
-    for x, y in zip(state, jax.tree.leaves(nnx.state(loaded.model))):
+    cached = arithmetic_model.train_or_load(out, TINY_MODEL)
+    assert cached.loaded and cached.losses == again.losses
+    for x, y in zip(jax.tree.leaves(nnx.state(again.model)), jax.tree.leaves(nnx.state(cached.model))):
         np.testing.assert_array_equal(x, y)
-    assert [p.name for p in (tmp_path / "a").iterdir()] == [arithmetic_model.checkpoint_path(tmp_path, config).name]
