@@ -14,10 +14,11 @@ import pathlib
 from experiments.common import markdown_table, write_json_atomic, write_text_atomic
 
 MODULES = [
-    "experiments.bench.token_search",
     "experiments.bench.core",
     "experiments.bench.search",
     "experiments.bench.refine",
+    "experiments.bench.decode",
+    "experiments.bench.token_search",
 ]
 
 COLUMNS = ["bench", "case", "value", "unit", "target", "ok", "note"]

@@ -4,4 +4,4 @@ from itscale.models.gaussian_mixture import GaussianMixture
 from itscale.models.markov import MarkovLM, NGramLM
 from itscale.models.mlp import MLP, as_fn
 from itscale.models.training import train
-from itscale.models.transformer import KVCache, Transformer, logits_fn, next_token_loss
+from itscale.models.transformer import KVCache, Transformer, next_token_loss, split_forward
