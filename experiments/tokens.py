@@ -72,12 +72,14 @@ class StudyConfig(NamedTuple):
 
 
 def config(quick: bool) -> StudyConfig:
-    """Quick: ~1 minute of training on 2 cores and three widths; full: a longer training, more widths."""
+    """Quick: 2-3 digits, ~1 minute of training on 2 cores (plain sampling ~50% correct), two widths;
+    full: 2-4 digits, a larger model trained a few minutes to a similar accuracy, more widths."""
     if quick:
         return StudyConfig()
-    return StudyConfig(model=ModelConfig(width=96, depth=3, train_steps=900, learning_rate=2e-3),
-                       num_problems=256, widths=(2, 4, 8, 16, 32, 64), search_widths=(4, 8, 16, 32, 64),
-                       coverage_samples=128)
+    return StudyConfig(model=ModelConfig(max_digits=4, min_digits=2, width=96, depth=3, train_steps=350,
+                                         learning_rate=2e-3),
+                       num_problems=128, widths=(2, 4, 8, 16, 32), search_widths=(4, 8, 16, 32),
+                       coverage_samples=64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,6 +367,7 @@ def _plot_accuracy(points, out_dir) -> str:
                 label=STRATEGIES[name].label)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("NFE per problem (token positions, stats.nfe)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
