@@ -20,15 +20,20 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 from flax import nnx
 
 import itscale as its
-from experiments.bench import torch_peers
 from experiments.bench.baselines import bare_loop
 from experiments.bench.timing import time_fn, time_interleaved
 from itscale.models.mlp import MLP, as_fn
 from itscale.refine import SOLVERS
+
+try:  # the PyTorch peer is an optional extra (pip install -e ".[bench]")
+    import torch
+
+    from experiments.bench import torch_peers
+except ImportError:
+    torch = None
 
 PATH = its.paths.linear()
 GRID = its.paths.Grid("uniform")
@@ -67,7 +72,6 @@ def solver_rows(model, solver: str, batch: int, num_steps: int, repeats: int) ->
     x = jax.random.normal(jax.random.key(1), (batch, 2), jnp.float32)
     sampler, key = its.refine.ode(velocity, solver, grid=GRID, path=PATH), jax.random.key(2)
     calls = num_steps * SOLVERS[solver].nfe_per_step
-    torch_model, torch_x = torch_peers.TorchMLP.from_nnx(model), torch.from_numpy(np.array(x))
     times = np.asarray(GRID.times(num_steps, dtype=jnp.float32))
     bare = bare_loop(velocity, calls)
     fns = {"its": lambda: its.run(sampler, key, x, num_steps=num_steps).output, "bare": lambda: bare(x)}
@@ -77,8 +81,10 @@ def solver_rows(model, solver: str, batch: int, num_steps: int, repeats: int) ->
     seconds = time_interleaved(fns, repeats=repeats)
     # PyTorch is timed in its own block: its OpenMP workers keep spinning after a call and would slow
     # whichever JAX function ran next in an interleaved loop.
-    seconds["torch"] = time_fn(lambda: torch_peers.sample(solver, torch_model, torch_x, times, PATH),
-                               repeats=max(3, repeats // 3))
+    if torch is not None:
+        torch_model, torch_x = torch_peers.TorchMLP.from_nnx(model), torch.from_numpy(np.array(x))
+        seconds["torch"] = time_fn(lambda: torch_peers.sample(solver, torch_model, torch_x, times, PATH),
+                                   repeats=max(3, repeats // 3))
     case = f"{solver}, batch {batch}, {num_steps} steps ({calls} NFE/sample)"
     overhead = seconds["its"] / seconds["bare"]
     rows = [{"bench": "refine: its.run / bare MLP loop", "case": case, "value": overhead, "unit": "x",
@@ -88,6 +94,10 @@ def solver_rows(model, solver: str, batch: int, num_steps: int, repeats: int) ->
         rows.append({"bench": "refine: its.run / diffrax fixed step", "case": case, "value": ratio,
                      "unit": "x", "target": "<= 1.05x", "ok": ratio <= 1.05,
                      "note": f"diffrax {seconds['diffrax'] * 1e3:.2f} ms"})
+    if torch is None:
+        rows.append({"bench": "refine: PyTorch eager / its.run", "case": case, "value": None, "unit": "x",
+                     "target": "", "ok": None, "note": "skipped: torch not installed (.[bench] extra)"})
+        return rows
     speedup = seconds["torch"] / seconds["its"]
     rows.append({"bench": "refine: PyTorch eager / its.run", "case": case, "value": speedup, "unit": "x",
                  "target": ">= 2x" if batch == 64 else "", "ok": speedup >= 2.0 if batch == 64 else None,

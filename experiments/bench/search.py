@@ -32,7 +32,7 @@ def _reward(x):
 def _models():
     gmm = its.models.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-2.0, 0.0], [2.0, 1.0]]),
                                      jnp.tile(0.3 * jnp.eye(2), (2, 1, 1)))
-    return {"MLP 2-256-256-2": mlp_velocity(jax.random.key(0)), "exact GMM velocity": gmm.velocity(PATH)}
+    return {"MLP 2-256-256-2": mlp_velocity(), "exact GMM velocity": gmm.velocity(PATH)}
 
 
 def _blackjax_fk(base: its.Sampler, num_particles: int):
