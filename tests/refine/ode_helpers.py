@@ -66,3 +66,10 @@ def errors(samplers: dict, x, reference, steps) -> dict:
 def measured_order(steps, errs) -> float:
     """The log-log slope b of err = a n^(-b) (least squares)."""
     return fit_power_law(steps, errs).b
+
+
+def assert_declared_order(solver: str, steps, errs) -> None:
+    """Errors fall with the step count, at the slope the solver declares (within ±0.3)."""
+    assert np.all(np.diff(errs) < 0), errs
+    order = measured_order(steps, errs)
+    assert abs(order - its.refine.SOLVERS[solver].order) <= 0.3, (solver, order, errs)
