@@ -71,7 +71,7 @@ def gather_particles(tree, indices):
 
     A global gather: on a sharded particle axis XLA moves the chosen particles between devices.
     """
-    return jax.tree.map(lambda leaf: jnp.take(leaf, indices, axis=0), tree)
+    return jax.tree.map(lambda leaf: leaf.at[indices].get(mode="promise_in_bounds"), tree)
 
 
 def global_argmax(values) -> jax.Array:

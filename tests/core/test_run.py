@@ -100,6 +100,18 @@ def test_nonfinite_values_are_counted_with_the_first_step():
     assert int(result.stats.nonfinite) == 2 * 3 * 2  # 6 NaNs after each of steps 3 and 4
 
 
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, -jnp.inf])
+def test_count_nonfinite_counts_every_kind_in_mixed_leaves(bad):
+    from itscale.core.run import count_nonfinite
+
+    tree = {"ints": jnp.arange(4), "f32": jnp.ones((3, 5)).at[1, 2].set(bad).at[2, 4].set(bad),
+            "f64": np.full((2,), bad), "c64": jnp.ones((2,), jnp.complex64).at[0].set(bad),
+            "finite_huge": np.full((2,), 3e38, np.float32)}
+    assert int(jax.jit(count_nonfinite)(tree)) == 5
+    clean = {"ints": jnp.arange(4), "f32": jnp.ones((3, 5)), "huge": np.full((2,), 3e38, np.float32)}
+    assert int(jax.jit(count_nonfinite)(clean)) == 0 and int(count_nonfinite({"ints": jnp.arange(3)})) == 0
+
+
 def test_same_key_same_bits_and_different_keys_differ():
     x = jnp.zeros((4, 2))
     a = its.run(noisy(), jax.random.key(3), x, num_steps=5).output
