@@ -223,12 +223,12 @@ def prefix_correct(tokens: jax.Array, max_digits: int) -> StepCheck:
     matched = jnp.where(jnp.all(generated == exact, axis=1), exact.shape[1], matched)
     step = jnp.arange(num_steps)
     # end of the k-th segment of the exact working = position of its (k+1)-th terminator
-    exact_ends = jnp.cumsum((exact == SEP) | (exact == EOS), axis=1)               # (B, E)
+    exact_ends = _running_count((exact == SEP) | (exact == EOS))               # (B, E)
     exact_end = jnp.argmax(exact_ends[:, None, :] == step[None, :, None] + 1, axis=-1)
     exists = step[None, :] < exact_ends[:, -1:]
     correct = exists & (matched[:, None] > exact_end) & (a >= 0)[:, None] & (b >= 0)[:, None]
     # generated terminators up to and including the first EOS
-    after_eos = jnp.cumsum(generated == EOS, axis=1) - (generated == EOS) > 0
+    after_eos = _running_count(generated == EOS) - (generated == EOS) > 0
     terminators = jnp.sum(((generated == SEP) | (generated == EOS)) & ~after_eos, axis=1)
     return StepCheck(correct, step[None, :] < terminators[:, None])
 
@@ -288,12 +288,24 @@ def _msb_first(x: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
 def _pack(tokens: jax.Array, keep: jax.Array, *, to_right: bool) -> jax.Array:
     """Move the kept tokens (order preserved) to the right or left end; fill the rest with PAD."""
     length = tokens.shape[-1]
-    rank = jnp.cumsum(keep, axis=-1) - 1                                  # 0-based rank among kept
+    rank = _running_count(keep) - 1                                 # 0-based rank among kept
     if to_right:
         rank = rank + length - jnp.sum(keep, axis=-1, keepdims=True)
     onehot = (rank[..., :, None] == jnp.arange(length)) & keep[..., :, None]    # (..., source, dest)
     moved = jnp.sum(jnp.where(onehot, tokens[..., :, None], 0), axis=-2)
     return jnp.where(jnp.any(onehot, axis=-2), moved, PAD)
+
+
+def _running_count(mask: jax.Array, reverse: bool = False) -> jax.Array:
+    """Inclusive running count of True along the last axis (from the end if ``reverse``), int32.
+
+    One float32 matrix product with a triangular matrix of ones (exact below 2^24): on CPU ``cumsum``
+    lowers to a windowed reduction that cost this verifier most of its time.
+    """
+    length = mask.shape[-1]
+    order = np.arange(length)
+    triangle = (order[:, None] >= order[None, :]) if reverse else (order[:, None] <= order[None, :])
+    return jnp.matmul(mask.astype(jnp.float32), jnp.asarray(triangle, jnp.float32)).astype(jnp.int32)
 
 
 def _first(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -306,7 +318,7 @@ def _number(tokens: jax.Array, span: jax.Array) -> jax.Array:
     is_digit = tokens < 10
     count = jnp.sum(span, axis=-1)
     valid = jnp.all(is_digit | ~span, axis=-1) & (count >= 1) & (count <= _MAX_PARSED_DIGITS)
-    later = jnp.cumsum(span[..., ::-1], axis=-1)[..., ::-1] - span                 # span tokens after
+    later = _running_count(span, reverse=True) - span                 # span tokens after
     weight = jnp.where(span, jnp.asarray(_POW10)[jnp.minimum(later, _MAX_PARSED_DIGITS - 1)], 0)
     value = jnp.sum(jnp.where(is_digit, tokens, 0) * weight, axis=-1)
     return jnp.where(valid, value, -1).astype(jnp.int32)
