@@ -203,10 +203,12 @@ def study(out_dir: pathlib.Path, *, quick: bool) -> StudyResult:
         "VP path: log-SNR-uniform grid t: 1 -> 1e-3.", "",
         "**Measured order** (log-log slope of the RMS error at t_min against the number of steps, fitted "
         f"over the {min(ASYMPTOTIC_POINTS, len(steps))} largest step counts). On the "
-        "linear path's grid down to t = 0 the last step of the exponential integrators (DDIM, DPM-Solver++, "
-        "UniPC) reaches sigma = 0, i.e. lambda = +inf, where they take a plain denoising step x = x0_hat: "
-        "its O(sigma^2) error caps them at order 2 there; the log-SNR grid of the VP path keeps every "
-        "lambda-step finite.", "",
+        "linear path's grid down to t = 0 the last step of the data-prediction exponential integrators "
+        "(DDIM, DPM-Solver++, UniPC) reaches sigma = 0, i.e. lambda = +inf, where they take a plain "
+        "denoising step x = x0_hat: its O(sigma^2) error caps them at order 2 there; DEIS (eps extrapolated "
+        "in t) keeps its order at sigma = 0 but starts from alpha = 0 (t = 1) with a first-order step it "
+        "cannot correct, which caps deis_3 at order 2 on that grid; the log-SNR grid of the VP path keeps "
+        "every lambda-step finite.", "",
         markdown_table(slope_rows), "",
         "**Quality vs compute**: exponent b of the power law sliced-W2(solver samples, exact flow samples) = "
         "a NFE^(-b) fitted per solver and cell over all budgets (b tends to the order as the budget "

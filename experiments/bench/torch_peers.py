@@ -151,7 +151,51 @@ def _unipc(velocity, x, table):
     return x
 
 
-EXPONENTIAL = {"ddim": _ddim, "dpm_solver_pp_2m": _dpm_solver_pp_2m, "unipc": _unipc}
+def d_rho_nodes(path, times, nodes: int = 16) -> dict[str, np.ndarray]:
+    """Gauss--Legendre nodes ``tau`` and weights ``d_rho`` (rho = sigma / alpha) on each step [t_{i+1}, t_i]:
+    sum_k d_rho[i, k] f(tau[i, k]) = int_{t_i}^{t_{i+1}} f(tau) rho'(tau) d tau, in the DEIS paper's t."""
+    u, w = np.polynomial.legendre.leggauss(nodes)
+    t = np.asarray(times, np.float64)
+    start, end = t[:-1, None], t[1:, None]
+    tau = 0.5 * (start + end) + 0.5 * (end - start) * u
+    a, s, ad, sd = (np.asarray(getattr(path, n)(tau), np.float64)
+                    for n in ("alpha", "sigma", "alpha_dot", "sigma_dot"))
+    return {"tau": tau, "d_rho": 0.5 * (end - start) * w * (sd * a - s * ad) / a**2}
+
+
+def _lagrange(tau, nodes, j):
+    return math.prod((tau - node) / (nodes[j] - node) for k, node in enumerate(nodes) if k != j)
+
+
+def _deis(order):
+    """tAB-DEIS: x_{i+1} = alpha_{i+1} x0_i + sigma_{i+1} eps_i + sum_j C_ij (eps_{i-j} - eps_i); deis_3
+    re-solves its first step with the second evaluation (linear eps between t_0 and t_1)."""
+
+    def sample(velocity, x, table):
+        alpha, sigma, t, tau, d_rho = (table[k] for k in ("alpha", "sigma", "t", "tau", "d_rho"))
+        history = []  # eps at t_{i-1}, t_{i-2}, newest first
+        for i in range(len(t) - 1):
+            u = velocity(x, t[i])
+            a, s, ad, sd = (table[k][i] for k in ("alpha", "sigma", "alpha_dot", "sigma_dot"))
+            x0, eps = (s * u - sd * x) / (ad * s - a * sd), (ad * x - a * u) / (ad * s - a * sd)
+            if order == 3 and i == 1 and alpha[0] > 0:
+                restart = alpha[1] * float(np.sum(d_rho[0] * (tau[0] - t[0]) / (t[1] - t[0])))
+                x = x + restart * (eps - history[0])
+                x0 = (x - sigma[1] * eps) / alpha[1]
+            nodes = [t[i - j] for j in range(min(i + 1, order))]
+            x_next = alpha[i + 1] * x0 + sigma[i + 1] * eps
+            for j in range(1, len(nodes)):
+                c = alpha[i + 1] * float(np.sum(d_rho[i] * _lagrange(tau[i], nodes, j)))
+                x_next = x_next + c * (history[j - 1] - eps)
+            history = [eps, *history][:order - 1]
+            x = x_next
+        return x
+
+    return sample
+
+
+EXPONENTIAL = {"ddim": _ddim, "dpm_solver_pp_2m": _dpm_solver_pp_2m, "unipc": _unipc, "deis_2": _deis(2),
+               "deis_3": _deis(3)}
 SOLVERS = tuple(TABLEAUS) + tuple(EXPONENTIAL)
 
 
@@ -162,4 +206,6 @@ def sample(solver: str, velocity, x: torch.Tensor, times, path=None) -> torch.Te
         if solver in TABLEAUS:
             return _runge_kutta(TABLEAUS[solver], velocity, x, times)
         table = {**schedule(path, times), "t": times}
+        if solver.startswith("deis"):
+            table.update(d_rho_nodes(path, times))
         return EXPONENTIAL[solver](velocity, x, table)

@@ -16,6 +16,8 @@ rk4                 4     4
 ddim                1     1     needs ``path``; ``params["eta"]`` > 0 makes it stochastic
 dpm_solver_pp_2m    2     1     needs ``path``; multistep, history in the state
 unipc               3     1     needs ``path``; UniPC-2 (bh2) predictor--corrector
+deis_2              2     1     needs ``path``; tAB-DEIS, eps extrapolated linearly in t
+deis_3              3     1     needs ``path``; tAB-DEIS, quadratic in t, corrected start
 =================== ===== ===== ==========================================================
 
 ``grid``: a kind name (``"uniform"``, ``"quadratic"``, ``"karras"``, ``"log_snr"``: the
@@ -25,6 +27,9 @@ decreasing 1-D array of times in [0, 1] (then ``num_steps`` must be ``len(times)
 integrators step in lambda = log(alpha / sigma): on a grid ending at sigma = 0 (t_min = 0 on the linear
 path) their last step is the denoising x = x0_hat, which caps them at order 2; a grid whose lambda-steps
 are all finite and small (``log_snr``) shows their declared order (``experiments/convergence.py``).
+DEIS integrates eps against d(sigma / alpha) with eps extrapolated in t: it needs eps smooth in t (on the
+VP path near t = 0, where sigma ~ sqrt(t), use the ``log_snr`` grid), and ``deis_3`` is order 2 on a grid
+starting at alpha = 0 (see :mod:`solvers.deis`).
 
 State: a NamedTuple whose leaves are all shaped like ``x`` (batch leading), with field ``x``; multistep
 solvers also keep their earlier model outputs there (the first step uses a lower order). ``info``:
@@ -60,10 +65,11 @@ def ode(velocity_fn: Callable, solver: str = "euler", grid="uniform", path: Path
     Args:
       velocity_fn: ``fn(x, t) -> u`` with ``u`` of ``x``'s shape and dtype; ``t`` is passed as a scalar.
       solver: one of ``SOLVERS`` (``"euler"``, ``"heun"``, ``"midpoint"``, ``"rk4"``, ``"ddim"``,
-        ``"dpm_solver_pp_2m"``, ``"unipc"``).
+        ``"dpm_solver_pp_2m"``, ``"unipc"``, ``"deis_2"``, ``"deis_3"``).
       grid: a grid kind name, an :class:`itscale.paths.Grid`, or an explicit decreasing array of times.
       path: the :class:`itscale.paths.Path` of the model; required by ``ddim``, ``dpm_solver_pp_2m``,
-        ``unipc`` and by the ``karras`` / ``log_snr`` grids; enables ``info["x0_hat"]`` for all solvers.
+        ``unipc``, ``deis_*`` and by the ``karras`` / ``log_snr`` grids; enables ``info["x0_hat"]`` for
+        all solvers.
     """
     if not callable(velocity_fn):
         raise TypeError(f"velocity_fn must be a callable fn(x, t) -> velocity, got "

@@ -28,8 +28,9 @@ def test_nfe_is_exact_and_declared(solver):
 def test_declarations():
     assert {n: (s.order, s.nfe_per_step) for n, s in SOLVERS.items()} == {
         "euler": (1, 1), "heun": (2, 2), "midpoint": (2, 2), "rk4": (4, 4), "ddim": (1, 1),
-        "dpm_solver_pp_2m": (2, 1), "unipc": (3, 1)}
-    assert [n for n, s in SOLVERS.items() if s.needs_path] == ["ddim", "dpm_solver_pp_2m", "unipc"]
+        "dpm_solver_pp_2m": (2, 1), "unipc": (3, 1), "deis_2": (2, 1), "deis_3": (3, 1)}
+    assert [n for n, s in SOLVERS.items() if s.needs_path] == ["ddim", "dpm_solver_pp_2m", "unipc", "deis_2",
+                                                               "deis_3"]
 
 
 def test_euler_closed_form_on_uniform_grid():

@@ -30,7 +30,7 @@ def test_ddim_is_euler_on_the_linear_path():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("solver", ["dpm_solver_pp_2m", "unipc"])
+@pytest.mark.parametrize("solver", ["dpm_solver_pp_2m", "unipc", "deis_2", "deis_3"])
 def test_multistep_first_step_is_ddim(solver):
     """No history at step 0: the first-order update. (On the linear path t_max = 1 has lambda = -inf, so
     DPM-Solver++ also stays first order at step 1; from step 2 on the history is used.)"""

@@ -1,10 +1,11 @@
-"""Measured convergence order of the exponential integrators (DDIM, DPM-Solver++(2M), UniPC) on the exact
-mixture velocity (float64, d = 2), against Dopri8 at rtol 1e-12 from the same noise.
+"""Measured convergence order of the exponential integrators (DDIM, DPM-Solver++(2M), UniPC, DEIS) on the
+exact mixture velocity (float64, d = 2), against Dopri8 at rtol 1e-12 from the same noise.
 
 These solvers step in lambda = log(alpha / sigma); their order shows when every lambda-step is small.
 So the grid is uniform in log-SNR over t in [0.1, 0.9] of the linear path (lambda in [-2.2, 2.2]),
 away from lambda = -inf (t = 1) and +inf (t = 0) where a uniform-t grid makes the end steps infinite
-in lambda (the asymptotic regime then starts only at hundreds of steps).
+in lambda (the asymptotic regime then starts only at hundreds of steps). The step counts start at 16:
+tAB-DEIS-3 is not yet asymptotic at 8 (its slope from 8 to 16 steps is 2.2 even from an exact start).
 """
 
 import jax
@@ -17,12 +18,12 @@ from tests.refine import ode_helpers as ref
 
 jax.config.update("jax_enable_x64", True)
 
-STEPS = (8, 16, 32)
+STEPS = (16, 32, 64)
 T_MAX, T_MIN = 0.9, 0.1
 GRID = its.paths.Grid("log_snr", t_min=T_MIN, t_max=T_MAX)
 
 
-SOLVERS = ["ddim", "dpm_solver_pp_2m", "unipc"]
+SOLVERS = ["ddim", "dpm_solver_pp_2m", "unipc", "deis_2", "deis_3"]
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,7 @@ def measured_errors():
 
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_measured_order_matches_declared_order(measured_errors, solver):
+    """Measured: ddim 0.99, dpm_solver_pp_2m 1.98, unipc 2.98, deis_2 1.98, deis_3 2.83."""
     ref.assert_declared_order(solver, STEPS, measured_errors[solver])
 
 

@@ -7,10 +7,11 @@
 
 from itscale.refine.solvers.base import Clock, Model, Solver
 from itscale.refine.solvers.ddim import ddim
+from itscale.refine.solvers.deis import deis_2, deis_3
 from itscale.refine.solvers.dpm_solver import dpm_solver_pp_2m
 from itscale.refine.solvers.runge_kutta import Tableau, euler, heun, midpoint, rk4, runge_kutta
 from itscale.refine.solvers.unipc import unipc
 
-SOLVERS = {s.name: s for s in (euler, heun, midpoint, rk4, ddim, dpm_solver_pp_2m, unipc)}
+SOLVERS = {s.name: s for s in (euler, heun, midpoint, rk4, ddim, dpm_solver_pp_2m, unipc, deis_2, deis_3)}
 
 __all__ = ["Clock", "Model", "SOLVERS", "Solver", "Tableau", "runge_kutta"]
