@@ -167,26 +167,39 @@ def _lagrange(tau, nodes, j):
     return math.prod((tau - node) / (nodes[j] - node) for k, node in enumerate(nodes) if k != j)
 
 
+def _deis_weights(table, order):
+    """Per step i, the weights C_ij (j >= 1) of the eps differences, on the host; and R, the weight of the
+    corrected start of deis_3 (0 where alpha(t_0) = 0)."""
+    alpha, t, tau, d_rho = (table[k] for k in ("alpha", "t", "tau", "d_rho"))
+    weights = []
+    for i in range(len(t) - 1):
+        nodes = [t[i - j] for j in range(min(i + 1, order))]
+        weights.append([alpha[i + 1] * float(np.sum(d_rho[i] * _lagrange(tau[i], nodes, j)))
+                        for j in range(1, len(nodes))])
+    restart = 0.0
+    if order == 3 and alpha[0] > 0 and len(t) > 2:
+        restart = alpha[1] * float(np.sum(d_rho[0] * (tau[0] - t[0]) / (t[1] - t[0])))
+    return weights, restart
+
+
 def _deis(order):
     """tAB-DEIS: x_{i+1} = alpha_{i+1} x0_i + sigma_{i+1} eps_i + sum_j C_ij (eps_{i-j} - eps_i); deis_3
     re-solves its first step with the second evaluation (linear eps between t_0 and t_1)."""
 
     def sample(velocity, x, table):
-        alpha, sigma, t, tau, d_rho = (table[k] for k in ("alpha", "sigma", "t", "tau", "d_rho"))
+        alpha, sigma, t = table["alpha"], table["sigma"], table["t"]
+        weights, restart = _deis_weights(table, order)
         history = []  # eps at t_{i-1}, t_{i-2}, newest first
         for i in range(len(t) - 1):
             u = velocity(x, t[i])
             a, s, ad, sd = (table[k][i] for k in ("alpha", "sigma", "alpha_dot", "sigma_dot"))
             x0, eps = (s * u - sd * x) / (ad * s - a * sd), (ad * x - a * u) / (ad * s - a * sd)
-            if order == 3 and i == 1 and alpha[0] > 0:
-                restart = alpha[1] * float(np.sum(d_rho[0] * (tau[0] - t[0]) / (t[1] - t[0])))
+            if i == 1 and restart != 0.0:
                 x = x + restart * (eps - history[0])
                 x0 = (x - sigma[1] * eps) / alpha[1]
-            nodes = [t[i - j] for j in range(min(i + 1, order))]
             x_next = alpha[i + 1] * x0 + sigma[i + 1] * eps
-            for j in range(1, len(nodes)):
-                c = alpha[i + 1] * float(np.sum(d_rho[i] * _lagrange(tau[i], nodes, j)))
-                x_next = x_next + c * (history[j - 1] - eps)
+            for c, eps_prev in zip(weights[i], history):
+                x_next = x_next + c * (eps_prev - eps)
             history = [eps, *history][:order - 1]
             x = x_next
         return x
