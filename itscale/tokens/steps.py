@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from itscale.core import checks, counting
+from itscale.core.keys import split_per_particle
 from itscale.core.sampler import Sampler
 from itscale.tokens import sampling, sequences
 from itscale.tokens.model import token_model
@@ -75,6 +76,14 @@ def step_index(tokens, lengths, prompt_lengths, *, separator_id: int | None = No
     return jnp.where(inside, before, -1)
 
 
+def _group_row_keys(key, groups: int, size: int) -> jax.Array:
+    """(groups·size,) noise keys: ``row_keys`` of each group's key ``split_per_particle(key, groups)[g]``."""
+    if groups == 1:
+        return row_keys(key, size)
+    keys = jax.vmap(row_keys, in_axes=(0, None))(split_per_particle(key, groups), size)
+    return keys.reshape((groups * size,) + keys.shape[2:])
+
+
 class _StepLoop(NamedTuple):
     decode: object
     ended: jax.Array          # (batch,) the row's current reasoning step is over
@@ -88,13 +97,22 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
                  min_p: float | None = None, eos_id: int | None = None, pad_id: int = 0,
                  max_new_tokens: int | None = None, init_cache: Callable | None = None,
                  rewind: Callable | None = None, max_len: int | None = None,
-                 noise: str = "position") -> Sampler:
+                 noise: str = "position", group_size: int | None = None) -> Sampler:
     """Autoregressive sampler whose run step generates one reasoning step per row.
 
     A row's step ends at ``separator_id`` (kept) or after ``step_length`` tokens; rows whose step ended
     wait (their feeds are rewound) while the others finish theirs, and the token loop stops when every
     row is done (``itscale.core.while_loop``: NFE = batch per token iteration actually run, plus the
     prefill). Other arguments as in :func:`itscale.tokens.rollout`; ``rewind`` as in ``jacobi``.
+
+    ``group_size`` (static; None: all rows form one group): the step takes the rows as consecutive
+    groups of that many independent runs (e.g. the particles of each query), with the noise and the
+    NFE that ``its.particles(sampler, G)`` would give the G groups: group ``g`` draws with
+    ``split_per_particle(key, G)[g]`` and counts ``group_size`` NFE per token iteration while one of
+    its rows is active. One token loop serves all the rows: a ``vmap`` over groups of this step would
+    turn the loop's batched stopping test into a select of every carried array (the whole KV cache)
+    at every token. Waiting rows keep their state (their feeds are rewound), so the tokens are those
+    of the per-group loops.
 
     The step ``info`` holds, per row, ``log_prob`` and ``model_log_prob`` (sums over the step's tokens
     under the sampling law and the model) and ``step_tokens``, for step-level weights.
@@ -106,12 +124,18 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
     max_new_tokens = new_tokens_budget(max_new_tokens)
     noise_mode = checks.choice("noise", noise, ("position", "step"))
     model = token_model("logits_fn", logits_fn, init_cache, rewind, max_len)
+    group_size = None if group_size is None else checks.positive_int("group_size", group_size)
 
     def init(key, x, params):
         return prefill(model, key, x, max_new_tokens=max_new_tokens, extra_slots=0, decoding=decoding)
 
     def step(key, state, ctx, params):
-        keys = None if noise_mode == "position" else row_keys(key, state.seq.position.shape[0])
+        rows = state.seq.position.shape[0]
+        size = rows if group_size is None else group_size
+        if rows % size:
+            raise ValueError(f"group_size={size} must divide the number of rows, got {rows} rows")
+        groups = rows // size
+        keys = None if noise_mode == "position" else _group_row_keys(key, groups, size)
         zeros = jnp.zeros(state.seq.position.shape, state.seq.log_probs.dtype)
 
         def running(loop):
@@ -127,6 +151,12 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
                              loop.log_prob + jnp.where(active, info["log_prob"], 0),
                              loop.model_log_prob + jnp.where(active, info["model_log_prob"], 0))
 
+        def running_groups(loop):
+            active = ~loop.ended & ~loop.decode.seq.done
+            return jnp.sum(jnp.any(active.reshape(groups, size), axis=1), dtype=jnp.int32)
+
+        if groups > 1:  # NFE of the groups whose loop would still run: the model call is counted inside
+            token = counting.counted(token, cost=lambda loop: size * running_groups(loop))
         start = _StepLoop(state, jnp.zeros(zeros.shape, bool), jnp.zeros((), jnp.int32), zeros, zeros)
         loop = counting.while_loop(running, token, start)
         info = {"log_prob": loop.log_prob, "model_log_prob": loop.model_log_prob,

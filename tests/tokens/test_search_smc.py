@@ -6,6 +6,7 @@ Figures at the time of writing (N = 256 particles, 5 tokens, Z = 0.1611): exact 
 mean log Z-hat − log Z = −0.013 (SE 0.047), mean Z-hat / Z = 1.009 (SE 0.049), 2.9 resamplings/run;
 heuristic twist −0.020 (SE 0.031), 0.989 (SE 0.030), 2.0 resamplings/run."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +83,30 @@ def test_log_normalizer_with_a_heuristic_twist_and_resampling_matches_enumeratio
     assert float(np.mean(out.smc.num_resamples)) > 0.5
     _check_unbiased(out)
     assert not np.any(np.isnan(np.asarray(out.smc.log_weights)))
+
+
+def test_a_batch_of_queries_is_the_per_query_smc_noise_and_nfe_included():
+    """Several queries: one token loop moves all their particles, and the result -- NFE included, with
+    queries that end their steps at different times -- is its.particles over the per-query SMC."""
+    rng = np.random.default_rng(0)
+    model = its.models.MarkovLM(np.zeros(6), 2 * rng.normal(size=(6, 6)))
+    queries, n, steps, length = 5, 6, 4, 5
+    prompts = jnp.asarray(rng.integers(0, 6, size=(queries, 3)))
+    options = dict(separator_id=2, eos_id=5)
+    twist = lambda generation: 0.5 * (generation.tokens.sum(-1) % 5)  # noqa: E731
+    sampler = its.tokens.token_smc(model.logits_fn, twist, nfe_budget=3 + n * steps * length, num_steps=steps,
+                                   step_length=length, ess_threshold=0.7, **options)
+    rollout = its.tokens.step_rollout(model.logits_fn, step_length=length, noise="step",
+                                      max_new_tokens=steps * length, **options)
+    reference = its.particles(its.search.smc(its.tokens.search.shared_prompt(rollout, n), twist, num_particles=n,
+                                             ess_threshold=0.7), queries)
+    key = jax.random.key(2)
+    out = its.run(sampler, key, prompts, num_steps=steps)
+    ref = its.run(reference, key, jnp.repeat(prompts[:, None], n, axis=1), num_steps=steps)
+    chex.assert_trees_all_equal(out.output.smc, ref.output)
+    assert 0 < np.count_nonzero(ref.output.num_resamples) < queries         # some queries resample, some not
+    assert int(out.stats.verifier_calls) == int(ref.stats.verifier_calls) == queries * n * steps
+    assert int(out.stats.nfe) == int(ref.stats.nfe) < queries * (3 + n * steps * length)
 
 
 def test_budget_below_one_particle_is_refused():

@@ -70,3 +70,30 @@ def test_step_rollout_generates_one_step_per_run_step():
     np.testing.assert_allclose(np.asarray(result.trace.info["log_prob"]).sum(0),
                                np.asarray(out.sample_log_probs).sum(1), atol=1e-12)
     np.testing.assert_array_equal(np.asarray(result.trace.info["step_tokens"]), increments)
+
+
+def test_grouped_step_rollout_is_particles_over_the_groups_noise_and_nfe_included():
+    """group_size=n on G·n rows: the tokens, step info and NFE of its.particles(step_rollout, G) on the
+    (G, n) layout, with groups that stop their steps at different times (EOS, separators)."""
+    rng = np.random.default_rng(1)
+    model = its.models.MarkovLM(np.zeros(6), 2 * rng.normal(size=(6, 6)))
+    groups, n, steps, length = 5, 4, 4, 5
+    prompts = jnp.asarray(rng.integers(0, 6, size=(groups, n, 3)))
+    options = dict(step_length=length, separator_id=SEP, eos_id=5, noise="step", max_new_tokens=steps * length)
+    grouped = its.tokens.step_rollout(model.logits_fn, group_size=n, **options)
+    reference = its.particles(its.tokens.step_rollout(model.logits_fn, **options), groups)
+    key, info = jax.random.key(4), lambda state: state.seq.generated
+    out = its.run(grouped, key, prompts.reshape(groups * n, -1), num_steps=steps, trace=info)
+    ref = its.run(reference, key, prompts, num_steps=steps, trace=info)
+    for field in ("tokens", "log_probs", "sample_log_probs", "lengths"):
+        expected = np.asarray(getattr(ref.output, field))
+        np.testing.assert_array_equal(np.asarray(getattr(out.output, field)),
+                                      expected.reshape((groups * n,) + expected.shape[2:]))
+    np.testing.assert_array_equal(np.asarray(out.trace.info["step_tokens"]).reshape(steps, groups, n),
+                                  np.asarray(ref.trace.info["step_tokens"]))
+    assert int(out.stats.nfe) == int(ref.stats.nfe) < groups * n * (3 + steps * length)
+    with pytest.raises(ValueError, match="group_size=3 must divide"):
+        its.run(its.tokens.step_rollout(model.logits_fn, group_size=3, **options), key, prompts[0],
+                num_steps=steps)
+    with pytest.raises(ValueError, match="group_size"):
+        its.tokens.step_rollout(model.logits_fn, group_size=0, **options)

@@ -13,7 +13,13 @@ ESS < ``ess_threshold`` · N (1: every step).
 Per query, the N particles are rows of one :func:`itscale.tokens.step_rollout` (``noise="step"``,
 so resampled copies diverge) whose prompt is prefilled once (``shared_prompt``): NFE <= P + N ×
 num_steps × step_length, N the largest that fits ``nfe_budget``. Queries of a batch are independent
-SMC runs (``its.particles``). Run with ``its.run(sampler, key, prompts, num_steps=num_steps)``,
+SMC runs (``its.particles`` of the generic SMC step, with the same keys), except that the rollout
+state is never touched under that ``vmap``, where every per-query branch becomes a select of the
+whole KV cache (the token loop's stopping test at every token, the resampling ``cond`` at every
+step): all queries' particles take their reasoning step in one token loop over the batch × N rows
+(``step_rollout(..., group_size=N)``: the same noise and NFE as the per-query loops), the vmapped
+SMC step weights and resamples (row index, Generation) pairs, and the rows are then gathered once
+by the chosen ancestors. Run with ``its.run(sampler, key, prompts, num_steps=num_steps)``,
 ``prompts`` (batch, P) or ``(prompts, lengths)``.
 """
 
@@ -26,8 +32,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from itscale.core import counting
+from itscale.core.keys import split_per_particle
 from itscale.core.particles import particles
 from itscale.core.sampler import Sampler
+from itscale.core.sharding import gather_particles
 from itscale.search.smc import SMCOutput, SMCParams, smc
 from itscale.tokens import sequences
 from itscale.tokens.search.budget import SearchSplit, check_budget, plan_search
@@ -59,8 +68,13 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
     """
     nfe_budget, num_steps, step_length = check_budget(nfe_budget, num_steps=num_steps,
                                                       step_length=step_length, group_name="particle")
-    base = step_rollout(logits_fn, step_length=step_length, separator_id=separator_id, noise="step",
-                        max_new_tokens=num_steps * step_length, **rollout_options)
+
+    def rollout(group_size=None) -> Sampler:
+        return step_rollout(logits_fn, step_length=step_length, separator_id=separator_id, noise="step",
+                            max_new_tokens=num_steps * step_length, group_size=group_size, **rollout_options)
+
+    base = rollout()
+    grouped = functools.cache(rollout)
     options = dict(potential=potential, resample=resample, ess_threshold=ess_threshold, lam=lam)
     smc(base, reward_fn, num_particles=1, **options)  # check the arguments before any trace
 
@@ -90,7 +104,23 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
         if ctx.num_steps != num_steps:
             raise ValueError(f"this SMC is built for num_steps={num_steps} reasoning steps; run it with "
                              f"its.run(..., num_steps={num_steps}), got {ctx.num_steps}")
-        return for_state(state).step(key, state, ctx, params)
+        batch, n = state.log_weights.shape
+        rows = jax.tree.map(lambda a: a.reshape((batch * n,) + a.shape[2:]), state.base)
+        moved, info = grouped(n).step(key, rows, ctx, params.base)
+        per_query = functools.partial(jax.tree.map, lambda a: a.reshape((batch, n) + a.shape[1:]))
+
+        def weigh(query_key, query_state, query_info, generation):
+            """The SMC step of one query on its moved particles, each a (row index, Generation) pair."""
+            moved_particles = (jnp.arange(n, dtype=jnp.int32), generation)
+            already_moved = Sampler(base.init, lambda *_: (moved_particles, query_info),
+                                    lambda particle: particle[1], base.params)
+            return smc(already_moved, reward_fn, num_particles=n, **options).step(
+                query_key, query_state._replace(base=None), ctx, params)
+
+        new_state, info = counting.vmap(weigh)(split_per_particle(key, batch), state, per_query(info),
+                                               per_query(base.finalize(moved)))
+        ancestors = new_state.base[0] + n * jnp.arange(batch, dtype=jnp.int32)[:, None]
+        return new_state._replace(base=per_query(gather_particles(moved, ancestors.reshape(-1)))), info
 
     def finalize(state):
         prompt_len = state.base.seq.tokens.shape[-1] - num_steps * step_length
