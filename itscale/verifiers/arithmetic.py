@@ -209,12 +209,15 @@ def prefix_correct(tokens: jax.Array, max_digits: int) -> StepCheck:
     """Process verifier from the exact working: which generated steps are consistent with it.
 
     ``tokens`` (batch, L) are full sequences, prompt then (possibly partial) completion; the
-    completion starts after the first ``=``. A malformed prompt makes every step incorrect.
+    completion starts after the first ``=``. A malformed prompt, or an operand of more than
+    ``max_digits`` digits, makes every step incorrect (the working is built ``max_digits`` wide).
     """
     tokens = checks.int_array("tokens", tokens, ndim=2)
     num_steps = _max_digits(max_digits) + 1
     a, b = parse_prompt(tokens)
-    exact = worked_solution(jnp.maximum(a, 0), jnp.maximum(b, 0), MAX_DIGITS)      # (B, E)
+    in_range = (a < _POW10[max_digits]) & (b < _POW10[max_digits])
+    a, b = jnp.where(in_range, a, -1), jnp.where(in_range, b, -1)
+    exact = worked_solution(jnp.maximum(a, 0), jnp.maximum(b, 0), max_digits)      # (B, E)
     equals, _ = _first(tokens == EQUALS)
     index = equals[:, None] + 1 + jnp.arange(exact.shape[1])
     generated = jnp.where(index < tokens.shape[1],

@@ -105,6 +105,20 @@ def test_process_verifier_on_hand_made_prefixes():
     np.testing.assert_array_equal(process_reward(full, 2), [1, 1, 1, 0, 0, 0, 1, 1, 1])
 
 
+def test_process_verifier_width_does_not_change_verdicts_in_range(problems):
+    """The working is built max_digits wide: on in-range problems the verdicts of every step equal
+    those of the widest working (corrupted completions included); wider operands are out of scope."""
+    prompts, completions = problems.prompts, problems.completions
+    corrupt = (jnp.arange(completions.shape[1]) % 7 == 3)[None] & (jnp.arange(completions.shape[0]) % 2 == 1)[:, None]
+    tokens = jnp.concatenate([prompts, jnp.where(corrupt, (completions + 1) % 10, completions)], axis=1)
+    narrow, wide = prefix_correct(tokens, 4), prefix_correct(tokens, ar.MAX_DIGITS)
+    np.testing.assert_array_equal(narrow.correct, wide.correct[:, :5])
+    np.testing.assert_array_equal(narrow.completed, wide.completed[:, :5])
+    assert 0 < int(narrow.correct.sum()) < narrow.correct.size
+    check = prefix_correct(ar.encode(["1234+5=4+5+0=09;3+0+0=03;"], align="left"), 3)
+    assert not np.any(check.correct) and np.any(check.completed)
+
+
 @jax.jit
 def noisy_reward(seed, noise, prompts, completions):
     return noisy_verifier(ar.outcome_reward, seed, noise)(prompts, completions)
