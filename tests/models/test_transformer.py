@@ -88,6 +88,18 @@ def test_chunked_feeds_and_per_row_rewind(compiled):
     np.testing.assert_allclose(logits[1, 0], full[1, 14], atol=1e-5)
 
 
+def test_feed_across_the_end_of_the_cache_keeps_exact_logits(compiled):
+    """A block fed across the last slot: slots past ``max_len`` are dropped, but the block's own logits
+    (RoPE table of ``max_len + L`` positions, causal attention to its new keys) equal the full forward."""
+    model, full_fn, step = compiled
+    tokens, start = ragged_batch()
+    full = full_fn(tokens, start)
+    logits, cache = step(tokens[:, :8], model.init_cache(3, 12, start=start))
+    logits, cache = step(tokens[:, 8:], cache)                  # slots 8..15 of a 12-slot cache
+    np.testing.assert_allclose(logits, full[:, 8:], atol=1e-5)
+    np.testing.assert_array_equal(cache.lengths, [16, 16, 16])
+
+
 def test_scan_decode_matches_no_cache_greedy():
     """Greedy decoding in a lax.scan with the cache writes the same tokens as full recompute."""
     model = small_model(depth=1)
