@@ -227,7 +227,7 @@ def prefix_correct(tokens: jax.Array, max_digits: int) -> StepCheck:
     step = jnp.arange(num_steps)
     # end of the k-th segment of the exact working = position of its (k+1)-th terminator
     exact_ends = _running_count((exact == SEP) | (exact == EOS))               # (B, E)
-    exact_end = jnp.argmax(exact_ends[:, None, :] == step[None, :, None] + 1, axis=-1)
+    exact_end, _ = _first(exact_ends[:, None, :] == step[None, :, None] + 1)
     exists = step[None, :] < exact_ends[:, -1:]
     correct = exists & (matched[:, None] > exact_end) & (a >= 0)[:, None] & (b >= 0)[:, None]
     # generated terminators up to and including the first EOS
@@ -312,8 +312,14 @@ def _running_count(mask: jax.Array, reverse: bool = False) -> jax.Array:
 
 
 def _first(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Index of the first True along the last axis (0 if none) and whether there is one."""
-    return jnp.argmax(mask, axis=-1), jnp.any(mask, axis=-1)
+    """Index of the first True along the last axis (0 if none) and whether there is one.
+
+    One max-reduction of ``L - position`` over the True entries (an argmax is a two-operand reduction,
+    several times slower on CPU).
+    """
+    length = mask.shape[-1]
+    score = jnp.max(jnp.where(mask, length - jnp.arange(length, dtype=jnp.int32), 0), axis=-1)
+    return jnp.where(score > 0, length - score, 0), score > 0
 
 
 def _number(tokens: jax.Array, span: jax.Array) -> jax.Array:
