@@ -31,4 +31,5 @@ def particles(sampler: Sampler, num_particles: int) -> Sampler:
         one = lambda k, s: sampler.step(k, s, ctx, params)  # noqa: E731
         return counting.vmap(one)(split_per_particle(key, n), state)
 
-    return Sampler(init, step, counting.vmap(sampler.finalize), sampler.params)
+    watch = None if sampler.watch is None else jax.vmap(sampler.watch)
+    return Sampler(init, step, counting.vmap(sampler.finalize), sampler.params, watch)

@@ -21,7 +21,7 @@ from jax import lax
 from itscale.core import checks, counting
 from itscale.core.budget import budget_scope
 from itscale.core.keys import as_key, step_key
-from itscale.core.sampler import Sampler, StepContext
+from itscale.core.sampler import Sampler, StepContext, watched
 
 
 class SaveAt(NamedTuple):
@@ -47,7 +47,8 @@ class Stats(NamedTuple):
     nfe_per_sample: ``nfe`` divided by the number of samples (leading axis of ``x``).
     verifier_calls: reward / verifier evaluations, one per sample scored.
     steps: number of steps run.
-    nonfinite: number of non-finite floating values seen in the state after the steps (0: clean run).
+    nonfinite: number of non-finite floating values seen in the state after the steps (0: clean run),
+        in the part the sampler watches (``Sampler.watch``; all of the state by default).
     first_nonfinite_step: first step (0-based) after which the state held a non-finite value, or -1.
     """
 
@@ -198,7 +199,7 @@ def _loop(sampler: Sampler, num_steps: int, save: SaveAt | None, key, x, params)
     def body(carry, step):
         state, tally = carry
         state, info, counts = one_step(state, step)
-        return (state, tally.add_counts(counts).add_state(state, step)), info
+        return (state, tally.add_counts(counts).add_state(watched(sampler, state), step)), info
 
     def steps(carry, start, length):
         """``length`` steps from ``start``; returns the carry and the last step's info."""

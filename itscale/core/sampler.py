@@ -13,6 +13,12 @@ NamedTuple of pure functions over a pytree state:
 changing their values never recompiles; a sampler declares its defaults in the optional fourth field
 ``params`` and ``its.run`` checks that a user's ``params`` has the same structure. Budgets (numbers of
 steps, particles, tokens) are static Python ints fixed when the sampler is built or run.
+
+The optional fifth field ``watch(state) -> pytree`` names the part of the state that ``its.run`` checks
+for non-finite values after every step (default: all of it). A sampler whose state holds a large
+buffer derived from a small one (a KV cache and the logits computed with it) watches the small one:
+a NaN in the cache reaches the logits of the same forward, and the check no longer reads the whole
+cache every step.
 """
 
 from __future__ import annotations
@@ -31,12 +37,18 @@ class StepContext(NamedTuple):
 
 
 class Sampler(NamedTuple):
-    """``Sampler(init, step, finalize, params=None)``: see the module docstring."""
+    """``Sampler(init, step, finalize, params=None, watch=None)``: see the module docstring."""
 
     init: Callable[..., Any]
     step: Callable[..., Any]
     finalize: Callable[[Any], Any]
     params: Any = None
+    watch: Callable[[Any], Any] | None = None
+
+
+def watched(sampler: Sampler, state):
+    """The part of ``state`` checked for non-finite values: ``sampler.watch(state)``, or all of it."""
+    return state if sampler.watch is None else sampler.watch(state)
 
 
 def identity_finalize(state):

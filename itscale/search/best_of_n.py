@@ -71,4 +71,4 @@ def best_of_n(sampler: Sampler, reward_fn: Callable, *, num_candidates: int) -> 
                              valid=jnp.any(scores > -jnp.inf, axis=1),
                              num_candidates=jnp.asarray(n, jnp.int32))
 
-    return Sampler(init, sampler.step, finalize, sampler.params)
+    return Sampler(init, sampler.step, finalize, sampler.params, sampler.watch)

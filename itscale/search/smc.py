@@ -232,4 +232,5 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
                          ever_all_impossible=state.ever_all_impossible,
                          invalid_rewards=state.invalid_rewards)
 
-    return Sampler(init, step, finalize, SMCParams(sampler.params, lam, ess_threshold))
+    watch = None if sampler.watch is None else (lambda state: state._replace(base=sampler.watch(state.base)))
+    return Sampler(init, step, finalize, SMCParams(sampler.params, lam, ess_threshold), watch)

@@ -98,6 +98,13 @@ def decode_token(model: TokenModel, state: RolloutState, params, decoding: Decod
     return RolloutState(seq, cache, next_logits, state.noise_keys), info
 
 
+def watch_outputs(state: RolloutState):
+    """What ``its.run`` checks for non-finite values: the sequences and the next logits, not the KV
+    cache (a NaN written to the cache comes from hidden states that make the same forward's logits
+    NaN, so it is seen there without reading the whole cache every step)."""
+    return state.seq, state.next_logits
+
+
 def rollout(logits_fn: Callable, *, temperature: float = 1.0, top_k: int | None = None,
             top_p: float | None = None, min_p: float | None = None, eos_id: int | None = None,
             pad_id: int = 0, max_new_tokens: int | None = None, init_cache: Callable | None = None,
@@ -138,4 +145,4 @@ def rollout(logits_fn: Callable, *, temperature: float = 1.0, top_k: int | None 
     def finalize(state):
         return sequences.generation(state.seq, decoding.pad_id)
 
-    return Sampler(init, step, finalize, params)
+    return Sampler(init, step, finalize, params, watch=watch_outputs)

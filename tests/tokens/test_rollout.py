@@ -154,6 +154,25 @@ def test_impossible_rows_give_pad_and_minus_inf_never_nan():
     assert int(result.stats.nonfinite) > 0
 
 
+def test_nonfinite_check_watches_logits_and_sequences_not_the_cache():
+    """A NaN cache entry that never reaches the logits is not a fault; NaN logits are, at their step."""
+    def nan_cache(tokens, cache):
+        return MODEL.log_transition[tokens], cache.at[:, 0].set(jnp.nan)
+
+    def nan_logits_after(step):
+        def fn(tokens, cache):
+            logits = MODEL.log_transition[tokens]
+            return jnp.where(cache[:, :1, None] >= step, jnp.nan, logits), cache + 1  # calls: prefill, 0, 1, 2
+        return fn
+
+    prompts, key = jnp.array([[0, 2], [0, 1]]), jax.random.key(0)
+    init = lambda batch, max_len, start: jnp.zeros((batch, 2))  # noqa: E731
+    clean = its.run(its.tokens.rollout(nan_cache, init_cache=init), key, prompts, num_steps=3)
+    assert int(clean.stats.nonfinite) == 0
+    faulty = its.run(its.tokens.rollout(nan_logits_after(3), init_cache=init), key, prompts, num_steps=3)
+    assert int(faulty.stats.first_nonfinite_step) == 2 and int(faulty.stats.nonfinite) > 0
+
+
 def test_bad_input_raises_clear_errors():
     sampler = its.tokens.rollout(MODEL.logits_fn, max_new_tokens=2)
     key = jax.random.key(0)
