@@ -122,7 +122,7 @@ def sampling_log_probs(logits: jax.Array, params: dict, decoding: Decoding) -> j
         top = jnp.max(log_q, axis=-1, keepdims=True)
         floor = top + jnp.log(jnp.maximum(jnp.asarray(params["min_p"], x.dtype), 0))
         log_q = log_normalize(jnp.where((log_q >= floor) | (log_q == top), log_q, -jnp.inf))
-    first_best = jnp.arange(x.shape[-1]) == jnp.argmax(x, axis=-1)[..., None]
+    first_best = jnp.arange(x.shape[-1]) == first_argmax(x)[..., None]
     one_hot = jnp.where(first_best & jnp.isfinite(jnp.max(x, axis=-1, keepdims=True)), 0.0, -jnp.inf)
     return jnp.where(greedy, one_hot.astype(x.dtype), log_q)
 
@@ -133,9 +133,19 @@ def truncated_log_probs(logits, *, temperature=1.0, top_k=None, top_p=None, min_
     return sampling_log_probs(jnp.asarray(logits), params, dec)
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """``jnp.argmax(x, axis=-1)`` for x without NaN (the first maximal entry), as a max then a min of
+    ``where(x == max, index, V)``: two one-operand reductions, about 10x faster on CPU than the
+    two-operand reduction ``argmax`` lowers to (161 vs 17 us on (32, 1024) float32)."""
+    size = x.shape[-1]
+    top = jnp.max(x, axis=-1, keepdims=True)
+    index = jnp.min(jnp.where(x == top, jnp.arange(size, dtype=jnp.int32), size), axis=-1)
+    return jnp.minimum(index, size - 1)
+
+
 def gumbel_max(log_q: jax.Array, gumbel: jax.Array, pad_id: int) -> jax.Array:
     """``argmax(log q + g)`` (a draw from q when g is standard Gumbel); ``pad_id`` for impossible rows."""
-    token = jnp.argmax(log_q + gumbel.astype(log_q.dtype), axis=-1)
+    token = first_argmax(log_q + gumbel.astype(log_q.dtype))
     possible = jnp.isfinite(jnp.max(log_q, axis=-1))
     return jnp.where(possible, token, pad_id).astype(jnp.int32)
 

@@ -106,3 +106,11 @@ def test_bad_controls_raise():
         decoding(pad_id=-1)
     with pytest.raises(ValueError, match="eos_id=9"):
         decoding(eos_id=9)[0].check_vocab(5)
+
+
+def test_first_argmax_equals_argmax_with_ties_and_impossible_rows():
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 3, size=(64, 17)).astype(np.float32)     # many ties
+    x[::5] = -np.inf                                               # impossible rows
+    x[1::7, 3] = np.inf
+    np.testing.assert_array_equal(jax.jit(sampling.first_argmax)(x), np.argmax(x, axis=-1))
