@@ -7,9 +7,13 @@ searches spend their whole budget). Prompts: worked-addition prompts ``a+b=`` (3
 * best-of-N: ``its.search.best_of_n(rollout, exact outcome verifier, N)`` on Q prompts vs
   ``its.run(rollout)`` on the Q·N repeated prompts (equal NFE, checked);
 * SMC over a rollout: ``its.search.smc(its.tokens.rollout(..., noise="step"), process verifier,
-  num_particles=N)`` on one prompt's N copies, resampling after every token (``ess_threshold=1``),
-  vs the same rollout on the N rows (equal NFE, checked); a second row with a free reward (r = 0)
-  separates the resampling cost (gathering every KV-cache row each token) from the verifier's;
+  num_particles=N)`` on one prompt's N copies, vs the same rollout on the N rows (equal NFE, checked).
+  Three rows: the default ESS-triggered resampling (the realistic setting; the process verifier scores
+  every particle after every token), resampling after every token (``ess_threshold=1``), and the same
+  with a free reward (r = 0), which leaves the resampling cost alone: each event gathers every row of
+  the KV cache, a full copy of it, a large fraction of a decode step on this small model (its cache
+  is big next to its FLOPs per token). The verifier rows include the verifier's own cost: one process-reward
+  call on all N particles after every token costs about 0.3 ms, close to half a decode step here;
 * the step-level searches of ``itscale.tokens`` when exported (beam search, DVTS, REBASE, particle
   filter) with the process verifier, W rows per query over num_steps x step_length = 4 x 9 tokens,
   vs plain sampling of W rows of 36 tokens per query from a shared prefill
@@ -93,16 +97,22 @@ def rows(quick: bool = False) -> list[dict]:
     assert nfe["search"] == nfe["plain"], nfe
     out.append(row)
 
-    # SMC over a token rollout, resampling after every token
+    # SMC over a token rollout: the default ESS-triggered resampling, then resampling after every token
     particles = 128 if quick else 512
     stepwise = its.tokens.rollout(fn, max_new_tokens=completion, noise="step", **options)
     x = jnp.repeat(prompts[:1], particles, axis=0)
-    for reward, what in ((_process, "process verifier"), (_free, "free reward r = 0 (resampling cost only)")):
-        steered = its.search.smc(stepwise, reward, num_particles=particles, ess_threshold=1.0)
+    for reward, threshold, what in (
+            (_process, 0.5, "ESS-triggered resampling (ESS < N/2, the default), process verifier every token"),
+            (_process, 1.0, "resample every token, process verifier every token"),
+            (_free, 1.0, "resample every token, free reward r = 0 (the resampling cost alone: a gather of "
+                         "every KV-cache row per token)")):
+        steered = its.search.smc(stepwise, reward, num_particles=particles, ess_threshold=threshold)
         row, nfe = _compare("SMC over rollout / plain sampling (equal NFE)",
-                            f"N={particles} particles, {completion} tokens, resample every token, {what}",
+                            f"N={particles} particles, {completion} tokens, {what}",
                             {"search": (steered, x, completion), "plain": (stepwise, x, completion)}, repeats)
         assert nfe["search"] == nfe["plain"], nfe
+        resamples = int(its.run(steered, jax.random.key(0), x, num_steps=completion).output.num_resamples)
+        row["note"] += f"; {resamples} resampling events"
         out.append(row)
 
     # the step-level searches of itscale.tokens, when exported
