@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from itscale.core import checks
+from itscale.tokens.sampling import first_argmax
 
 VOCAB = tuple("0123456789") + ("+", "=", ";", "#", ".", "_")
 PLUS, EQUALS, SEP, ANSWER, EOS, PAD = range(10, 16)
@@ -312,14 +313,8 @@ def _running_count(mask: jax.Array, reverse: bool = False) -> jax.Array:
 
 
 def _first(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Index of the first True along the last axis (0 if none) and whether there is one.
-
-    One max-reduction of ``L - position`` over the True entries (an argmax is a two-operand reduction,
-    several times slower on CPU).
-    """
-    length = mask.shape[-1]
-    score = jnp.max(jnp.where(mask, length - jnp.arange(length, dtype=jnp.int32), 0), axis=-1)
-    return jnp.where(score > 0, length - score, 0), score > 0
+    """Index of the first True along the last axis (0 if none) and whether there is one."""
+    return first_argmax(mask), jnp.any(mask, axis=-1)
 
 
 def _number(tokens: jax.Array, span: jax.Array) -> jax.Array:
