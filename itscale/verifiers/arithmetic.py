@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from itscale.core import checks
-from itscale.tokens.sampling import first_argmax
 
 VOCAB = tuple("0123456789") + ("+", "=", ";", "#", ".", "_")
 PLUS, EQUALS, SEP, ANSWER, EOS, PAD = range(10, 16)
@@ -115,41 +114,47 @@ def sample_problems(key: jax.Array, batch_size: int, max_digits: int, *, min_dig
 
 
 def format_prompt(a: jax.Array, b: jax.Array, max_digits: int) -> jax.Array:
-    """Left-padded prompt tokens ``a+b=`` (batch, prompt_length(max_digits)) for int arrays a, b."""
+    """Left-padded prompt tokens ``a+b=`` (batch, prompt_length(max_digits)) for int arrays a, b.
+
+    Written position by position from the right end: at distance r from it, ``=`` (r = 0), the
+    digits of b (1 <= r <= n_b, least significant first), ``+``, the digits of a, then PAD.
+    """
     max_digits = _max_digits(max_digits)
-    a, b = jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32)
-    digits_a, keep_a = _msb_first(a, max_digits)
-    digits_b, keep_b = _msb_first(b, max_digits)
-    symbol = lambda s: jnp.full(a.shape + (1,), s, jnp.int32)  # noqa: E731
-    always = jnp.ones(a.shape + (1,), bool)
-    tokens = jnp.concatenate([digits_a, symbol(PLUS), digits_b, symbol(EQUALS)], axis=-1)
-    keep = jnp.concatenate([keep_a, always, keep_b, always], axis=-1)
-    return _pack(tokens, keep, to_right=True)
+    a, b = (jnp.asarray(x, jnp.int32)[..., None] for x in (a, b))
+    r = np.arange(prompt_length(max_digits))[::-1]
+    b_end = _num_digits(b)
+    a_start = b_end + 2
+    tokens = jnp.where(r <= b_end, _digit(b, r - 1), jnp.where(r == b_end + 1, PLUS, _digit(a, r - a_start)))
+    tokens = jnp.where(r == 0, EQUALS, tokens)
+    return jnp.where(r < a_start + _num_digits(a), tokens, PAD)
 
 
 def worked_solution(a: jax.Array, b: jax.Array, max_digits: int) -> jax.Array:
-    """Exact completion tokens (steps, ``#``, answer, EOS), right-padded to completion_length."""
+    """Exact completion tokens (steps, ``#``, answer, EOS), right-padded to completion_length.
+
+    Digit step i (i < n, the digits of the longer operand) is ``a_i + b_i + c_i = c_{i+1} s_i ;`` with
+    carry c_i = ((a mod 10^i) + (b mod 10^i)) div 10^i and s = a + b; the steps fill the first 9 n
+    positions, then ``#``, the digits of s (most significant first), EOS and PAD. The digits are
+    computed per place (integer division does not vectorize), then placed by selects, with no compaction.
+    """
     max_digits = _max_digits(max_digits)
-    a, b = jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32)
-    place = jnp.asarray(_POW10[:max_digits])                                      # (max,)
-    digit = lambda x: (x[..., None] // place) % 10  # noqa: E731
-    # carry into place i: ((a mod 10^i) + (b mod 10^i)) >= 10^i; carry out of place i = carry into i+1
-    carry_in = ((a[..., None] % place) + (b[..., None] % place)) // place
+    a, b = (jnp.asarray(x, jnp.int32)[..., None] for x in (a, b))
     total = a + b
-    next_place = jnp.asarray(_POW10[1:max_digits + 1])
-    carry_out = ((a[..., None] % next_place) + (b[..., None] % next_place)) // next_place
-    full = lambda s: jnp.full(carry_in.shape, s, jnp.int32)  # noqa: E731
-    steps = jnp.stack([digit(a), full(PLUS), digit(b), full(PLUS), carry_in, full(EQUALS), carry_out,
-                       digit(total), full(SEP)], axis=-1)                        # (..., max, 9)
-    num_steps = jnp.maximum(_num_digits(a), _num_digits(b))
-    keep_steps = jnp.arange(max_digits) < num_steps[..., None]
-    answer, keep_answer = _msb_first(total, max_digits + 1)
-    lead = a.shape
-    tokens = jnp.concatenate([steps.reshape(lead + (-1,)), jnp.full(lead + (1,), ANSWER, jnp.int32),
-                              answer, jnp.full(lead + (1,), EOS, jnp.int32)], axis=-1)
-    keep = jnp.concatenate([jnp.repeat(keep_steps, STEP_LENGTH, axis=-1), jnp.ones(lead + (1,), bool),
-                            keep_answer, jnp.ones(lead + (1,), bool)], axis=-1)
-    return _pack(tokens, keep, to_right=False)
+    place, next_place = _POW10[:max_digits], _POW10[1:max_digits + 1]
+    carry = lambda p: (a % p + b % p) // p  # noqa: E731
+    full = lambda s: jnp.full(carry(place).shape, s, jnp.int32)  # noqa: E731
+    steps = jnp.stack([a // place % 10, full(PLUS), b // place % 10, full(PLUS), carry(place), full(EQUALS),
+                       carry(next_place), total // place % 10, full(SEP)], axis=-1)
+    length = completion_length(max_digits)
+    steps = steps.reshape(a.shape[:-1] + (STEP_LENGTH * max_digits,))
+    steps = jnp.concatenate([steps, jnp.zeros(a.shape[:-1] + (length - steps.shape[-1],), jnp.int32)], axis=-1)
+    offset = np.arange(length) - STEP_LENGTH * jnp.maximum(_num_digits(a), _num_digits(b))  # into "#s."
+    answer_digits = _num_digits(total)
+    exponent = answer_digits - offset
+    answer = sum(jnp.where(exponent == e, total // _POW10[e] % 10, 0) for e in range(max_digits + 1))
+    tail = jnp.where(offset == 0, ANSWER, jnp.where(offset <= answer_digits, answer,
+                                                    jnp.where(offset == answer_digits + 1, EOS, PAD)))
+    return jnp.where(offset < 0, steps, tail)
 
 
 def parse_prompt(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -157,14 +162,8 @@ def parse_prompt(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     Reads up to the first ``=``, so full sequences (prompt then completion) are accepted too.
     """
-    tokens = checks.int_array("tokens", tokens, ndim=2)
-    pos = jnp.arange(tokens.shape[1])
-    plus, has_plus = _first(tokens == PLUS)
-    equals, has_equals = _first(tokens == EQUALS)
-    a = _number(tokens, (pos < plus[:, None]) & (tokens != PAD))
-    b = _number(tokens, (pos > plus[:, None]) & (pos < equals[:, None]))
-    ok = has_plus & has_equals & (plus < equals) & (a >= 0) & (b >= 0)
-    return jnp.where(ok, a, -1), jnp.where(ok, b, -1)
+    a, b, _ = _parse_prompt(checks.int_array("tokens", tokens, ndim=2))
+    return a, b
 
 
 def extract_answer(tokens: jax.Array) -> jax.Array:
@@ -174,11 +173,11 @@ def extract_answer(tokens: jax.Array) -> jax.Array:
     Works on completions and on full sequences (a prompt contains no ``#``).
     """
     tokens = checks.int_array("tokens", tokens, ndim=2)
-    pos = jnp.arange(tokens.shape[1])
-    marker, has_marker = _first(tokens == ANSWER)
-    end, has_end = _first((tokens == EOS) & (pos > marker[:, None]))
-    value = _number(tokens, (pos > marker[:, None]) & (pos < end[:, None]))
-    return jnp.where(has_marker & has_end, value, -1)
+    pos = np.arange(tokens.shape[1])
+    marker = _first(tokens == ANSWER)
+    end = _first((tokens == EOS) & (pos > marker[:, None]))
+    value = _number(tokens, (pos > marker[:, None]) & (pos < end[:, None]), end)
+    return jnp.where(end < tokens.shape[1], value, -1)
 
 
 def is_correct(prompt_tokens: jax.Array, completion_tokens: jax.Array) -> jax.Array:
@@ -213,24 +212,15 @@ def prefix_correct(tokens: jax.Array, max_digits: int) -> StepCheck:
     completion starts after the first ``=``. A malformed prompt, or an operand of more than
     ``max_digits`` digits, makes every step incorrect (the working is built ``max_digits`` wide).
     """
-    tokens = checks.int_array("tokens", tokens, ndim=2)
+    generated, exact, valid = _against_working(tokens, max_digits)
     num_steps = _max_digits(max_digits) + 1
-    a, b = parse_prompt(tokens)
-    in_range = (a < _POW10[max_digits]) & (b < _POW10[max_digits])
-    a, b = jnp.where(in_range, a, -1), jnp.where(in_range, b, -1)
-    exact = worked_solution(jnp.maximum(a, 0), jnp.maximum(b, 0), max_digits)      # (B, E)
-    equals, _ = _first(tokens == EQUALS)
-    index = equals[:, None] + 1 + jnp.arange(exact.shape[1])
-    generated = jnp.where(index < tokens.shape[1],
-                          jnp.take_along_axis(tokens, jnp.minimum(index, tokens.shape[1] - 1), axis=1), PAD)
-    matched, _ = _first(generated != exact)                                        # length of equal prefix
-    matched = jnp.where(jnp.all(generated == exact, axis=1), exact.shape[1], matched)
-    step = jnp.arange(num_steps)
+    matched = _first(generated != exact)                                           # length of equal prefix
+    step = np.arange(num_steps)
     # end of the k-th segment of the exact working = position of its (k+1)-th terminator
     exact_ends = _running_count((exact == SEP) | (exact == EOS))               # (B, E)
-    exact_end, _ = _first(exact_ends[:, None, :] == step[None, :, None] + 1)
+    exact_end = _first(exact_ends[:, None, :] == step[None, :, None] + 1)
     exists = step[None, :] < exact_ends[:, -1:]
-    correct = exists & (matched[:, None] > exact_end) & (a >= 0)[:, None] & (b >= 0)[:, None]
+    correct = exists & (matched[:, None] > exact_end) & valid[:, None]
     # generated terminators up to and including the first EOS
     after_eos = _running_count(generated == EOS) - (generated == EOS) > 0
     terminators = jnp.sum(((generated == SEP) | (generated == EOS)) & ~after_eos, axis=1)
@@ -238,9 +228,20 @@ def prefix_correct(tokens: jax.Array, max_digits: int) -> StepCheck:
 
 
 def process_reward(tokens: jax.Array, max_digits: int) -> jax.Array:
-    """1.0 if every completed step of each sequence is consistent with the exact working, else 0.0."""
-    check = prefix_correct(tokens, max_digits)
-    return jnp.all(check.correct | ~check.completed, axis=1).astype(jnp.float32)
+    """1.0 if every completed step of each sequence is consistent with the exact working, else 0.0.
+
+    ``all(correct | ~completed)`` of :func:`prefix_correct` without its per-step bookkeeping (a search
+    calls this after every token): let m be the first position where the generated completion departs
+    from the working before the working's EOS. Before m the completion is the working, which has no
+    EOS before its end, so the first generated EOS is at or after m; hence every completed step is
+    right iff no step terminator (``;`` or EOS) is generated at or after m (m = 0 for a malformed or
+    out-of-range prompt: right iff no step is completed).
+    """
+    generated, exact, valid = _against_working(tokens, max_digits)
+    departs = jnp.where(valid, _first((generated != exact) & (exact != PAD)), 0)
+    terminator = (generated == SEP) | (generated == EOS)
+    wrong = jnp.any(terminator & (np.arange(exact.shape[1]) >= departs[:, None]), axis=1)
+    return jnp.where(wrong, 0.0, 1.0).astype(jnp.float32)
 
 
 def noisy_verifier(reward_fn: Callable[..., jax.Array], seed: int | jax.Array, noise: float | jax.Array
@@ -282,49 +283,63 @@ def _num_digits(x: jax.Array) -> jax.Array:
     return 1 + jnp.sum(x[..., None] >= _POW10[1:], axis=-1)
 
 
-def _msb_first(x: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
-    """Digits of x most significant first in ``width`` slots, and which slots hold real digits."""
-    exponent = np.arange(width - 1, -1, -1)
-    digits = (x[..., None] // _POW10[exponent]) % 10
-    return digits, exponent < _num_digits(x)[..., None]
+def _digit(x: jax.Array, exponent: Any) -> jax.Array:
+    """The digit of x at 10^exponent (exponent clipped to [0, 9]; x >= 0)."""
+    return x // jnp.asarray(_POW10)[jnp.clip(exponent, 0, _MAX_PARSED_DIGITS)] % 10
 
 
-def _pack(tokens: jax.Array, keep: jax.Array, *, to_right: bool) -> jax.Array:
-    """Move the kept tokens (order preserved) to the right or left end; fill the rest with PAD."""
-    length = tokens.shape[-1]
-    rank = _running_count(keep) - 1                                 # 0-based rank among kept
-    if to_right:
-        rank = rank + length - jnp.sum(keep, axis=-1, keepdims=True)
-    onehot = (rank[..., :, None] == jnp.arange(length)) & keep[..., :, None]    # (..., source, dest)
-    moved = jnp.sum(jnp.where(onehot, tokens[..., :, None], 0), axis=-2)
-    return jnp.where(jnp.any(onehot, axis=-2), moved, PAD)
+def _parse_prompt(tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(a, b) as in :func:`parse_prompt`, and the index of the first ``=`` (L if none)."""
+    pos = np.arange(tokens.shape[1])
+    plus = _first(tokens == PLUS)
+    equals = _first(tokens == EQUALS)
+    a = _number(tokens, (pos < plus[:, None]) & (tokens != PAD), plus)
+    b = _number(tokens, (pos > plus[:, None]) & (pos < equals[:, None]), equals)
+    ok = (equals < tokens.shape[1]) & (plus < equals) & (a >= 0) & (b >= 0)
+    return jnp.where(ok, a, -1), jnp.where(ok, b, -1), equals
 
 
-def _running_count(mask: jax.Array, reverse: bool = False) -> jax.Array:
-    """Inclusive running count of True along the last axis (from the end if ``reverse``), int32.
+def _against_working(tokens: jax.Array, max_digits: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The generated completion (after the first ``=``, PAD past the end) and the exact working, both
+    (B, completion_length), and whether the prompt is well formed with operands of <= max_digits."""
+    tokens = checks.int_array("tokens", tokens, ndim=2)
+    max_digits = _max_digits(max_digits)
+    a, b, equals = _parse_prompt(tokens)
+    valid = (a >= 0) & (b >= 0) & (a < _POW10[max_digits]) & (b < _POW10[max_digits])
+    exact = worked_solution(jnp.where(valid, a, 0), jnp.where(valid, b, 0), max_digits)
+    index = equals[:, None] + 1 + np.arange(exact.shape[1])
+    generated = jnp.where(index < tokens.shape[1],
+                          jnp.take_along_axis(tokens, jnp.minimum(index, tokens.shape[1] - 1), axis=1,
+                                              mode="promise_in_bounds"), PAD)
+    return generated, exact, valid
+
+
+def _running_count(mask: jax.Array) -> jax.Array:
+    """Inclusive running count of True along the last axis, int32.
 
     One float32 matrix product with a triangular matrix of ones (exact below 2^24): on CPU ``cumsum``
     lowers to a windowed reduction that cost this verifier most of its time.
     """
-    length = mask.shape[-1]
-    order = np.arange(length)
-    triangle = (order[:, None] >= order[None, :]) if reverse else (order[:, None] <= order[None, :])
-    return jnp.matmul(mask.astype(jnp.float32), jnp.asarray(triangle, jnp.float32)).astype(jnp.int32)
+    order = np.arange(mask.shape[-1])
+    triangle = jnp.asarray(order[:, None] <= order[None, :], jnp.float32)
+    return jnp.matmul(mask.astype(jnp.float32), triangle).astype(jnp.int32)
 
 
-def _first(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Index of the first True along the last axis (0 if none) and whether there is one."""
-    return first_argmax(mask), jnp.any(mask, axis=-1)
+def _first(mask: jax.Array) -> jax.Array:
+    """Index of the first True along the last axis; its length if there is none (one min reduction)."""
+    size = mask.shape[-1]
+    return jnp.min(jnp.where(mask, np.arange(size, dtype=np.int32), size), axis=-1)
 
 
-def _number(tokens: jax.Array, span: jax.Array) -> jax.Array:
-    """Decimal value of the tokens in ``span`` (batch, L) bool; -1 unless 1..9 digits only."""
-    is_digit = tokens < 10
+def _number(tokens: jax.Array, span: jax.Array, end: jax.Array) -> jax.Array:
+    """Decimal value of the tokens in ``span`` (batch, L) bool, which must be the positions just before
+    ``end`` (batch,): digit at position p weighs 10^(end - 1 - p). -1 unless 1..9 digits, contiguous."""
+    exponent = end[:, None] - 1 - np.arange(tokens.shape[1])
     count = jnp.sum(span, axis=-1)
-    valid = jnp.all(is_digit | ~span, axis=-1) & (count >= 1) & (count <= _MAX_PARSED_DIGITS)
-    later = _running_count(span, reverse=True) - span                 # span tokens after
-    weight = jnp.where(span, jnp.asarray(_POW10)[jnp.minimum(later, _MAX_PARSED_DIGITS - 1)], 0)
-    value = jnp.sum(jnp.where(is_digit, tokens, 0) * weight, axis=-1)
+    contiguous = jnp.sum(span & (exponent < count[:, None]), axis=-1) == count
+    valid = jnp.all((tokens < 10) | ~span, axis=-1) & (count >= 1) & (count <= _MAX_PARSED_DIGITS) & contiguous
+    weight = jnp.asarray(_POW10)[jnp.clip(exponent, 0, _MAX_PARSED_DIGITS - 1)]
+    value = jnp.sum(jnp.where(span, tokens * weight, 0), axis=-1)
     return jnp.where(valid, value, -1).astype(jnp.int32)
 
 

@@ -67,6 +67,52 @@ def test_generated_problems_are_correct_and_well_formed(problems):
     np.testing.assert_array_equal(process_reward(problems.tokens, 4), 1.0)
 
 
+def _python_working(a: int, b: int) -> str:
+    """The worked solution by Python string arithmetic (the reference for the vectorized builders)."""
+    steps, carry = [], 0
+    for i in range(max(len(str(a)), len(str(b)))):
+        da, db = a // 10 ** i % 10, b // 10 ** i % 10
+        out = (da + db + carry) // 10
+        steps.append(f"{da}+{db}+{carry}={out}{(da + db + carry) % 10};")
+        carry = out
+    return "".join(steps) + f"#{a + b}."
+
+
+@pytest.mark.parametrize("max_digits", [1, 3, ar.MAX_DIGITS])
+def test_prompts_and_workings_match_python_arithmetic(max_digits):
+    problems = ar.sample_problems(jax.random.key(max_digits), 200, max_digits)
+    a, b = np.asarray(problems.a).tolist(), np.asarray(problems.b).tolist()
+    assert ar.decode(problems.prompts) == [f"{x}+{y}=" for x, y in zip(a, b)]
+    assert ar.decode(problems.completions) == [_python_working(x, y) for x, y in zip(a, b)]
+    edge = 10 ** max_digits - 1                                   # every place carries; widest answer
+    assert ar.decode(worked_solution(jnp.array([edge, 0]), jnp.array([edge, 0]), max_digits)) == [
+        _python_working(edge, edge), "0+0+0=00;#0."]
+
+
+def test_process_reward_is_every_completed_step_correct(problems):
+    """The fast process reward equals all(correct | ~completed) of prefix_correct's step verdicts on
+    workings corrupted at random places, cut at random lengths, with text after EOS, malformed prompts
+    and operands wider than max_digits."""
+    rng = np.random.default_rng(0)
+    tokens = np.array(problems.tokens)
+    rows, length = tokens.shape
+    prompt_len = problems.prompts.shape[1]
+    corrupt = rng.random((rows, length)) < rng.choice([0.0, 0.02, 0.1], size=(rows, 1))
+    corrupt[:, :prompt_len] = False
+    tokens = np.where(corrupt, rng.integers(0, ar.VOCAB_SIZE, (rows, length)), tokens)
+    cut = rng.integers(prompt_len, length + 1, rows)
+    tokens = np.where(np.arange(length) < cut[:, None], tokens, ar.PAD)
+    tokens[::17, prompt_len - 3] = ar.PAD                          # a PAD inside an operand: malformed
+    tokens[5::23, :prompt_len] = np.asarray(ar.format_prompt(jnp.full(1, 12345), jnp.full(1, 6), 4))[0]
+    zero = np.asarray(worked_solution(jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32), 4))[0]
+    tokens[::34, prompt_len:] = zero                               # the working of 0 + 0 after a malformed
+    tokens[5::46, prompt_len:] = zero                              # or too wide prompt: still wrong
+    check = prefix_correct(jnp.asarray(tokens), 4)                   # 12345 is wider than max_digits=4
+    expected = np.all(np.asarray(check.correct) | ~np.asarray(check.completed), axis=1)
+    np.testing.assert_array_equal(process_reward(jnp.asarray(tokens), 4), expected.astype(np.float32))
+    assert 0.2 < expected.mean() < 0.8
+
+
 def test_checker_and_extractor_on_hand_made_completions():
     prompts = ar.encode(["12+39="] * 7, align="right")
     completions = ar.encode([
@@ -81,8 +127,9 @@ def test_checker_and_extractor_on_hand_made_completions():
     np.testing.assert_array_equal(extract_answer(completions), [51, 41, 51, -1, -1, -1, 51])
     np.testing.assert_array_equal(is_correct(prompts, completions), [1, 0, 1, 0, 0, 0, 1])
     np.testing.assert_array_equal(jax.jit(ar.outcome_reward)(prompts, completions), [1, 0, 1, 0, 0, 0, 1])
-    np.testing.assert_array_equal(parse_prompt(ar.encode(["1+=", "12+39", "+3=", "4+5="], align="right")),
-                                  ([-1, -1, -1, 4], [-1, -1, -1, 5]))
+    np.testing.assert_array_equal(parse_prompt(ar.encode(["1+=", "12+39", "+3=", "4+5=", "1_2+3=", "12+3_4="],
+                                                         align="right")),
+                                  ([-1, -1, -1, 4, -1, -1], [-1, -1, -1, 5, -1, -1]))   # no PAD inside a number
 
 
 def test_process_verifier_on_hand_made_prefixes():
