@@ -34,7 +34,7 @@ from itscale.core.sampler import Sampler
 from itscale.tokens import sampling, sequences
 from itscale.tokens.model import token_model
 from itscale.tokens.noise import gumbel_at
-from itscale.tokens.rollout import RolloutState, new_tokens_budget, prefill, resolve_new_tokens
+from itscale.tokens.rollout import RolloutState, new_tokens_budget, prefill, resolve_new_tokens, watch_outputs
 
 
 class JacobiGeneration(NamedTuple):
@@ -131,4 +131,7 @@ def jacobi(logits_fn: Callable, *, block: int | None = None, temperature: float 
         out = sequences.generation(state.decode.seq, decoding.pad_id)
         return JacobiGeneration(*out, state.iterations, state.decode.seq.done)
 
-    return Sampler(init, step, finalize, params)
+    def watch(state):
+        return state._replace(decode=watch_outputs(state.decode))
+
+    return Sampler(init, step, finalize, params, watch)

@@ -200,4 +200,8 @@ def speculative(target_logits_fn: Callable, draft_logits_fn: Callable, *, gamma:
         out = sequences.generation(state.seq, decoding.pad_id)
         return SpeculativeGeneration(*out, state.target_calls, state.accepted, state.tests)
 
-    return Sampler(init, step, finalize, params)
+    def watch(state):
+        """All but the KV caches (their NaN reach the sequences' log-probabilities)."""
+        return state._replace(target_cache=None, draft_cache=None)
+
+    return Sampler(init, step, finalize, params, watch)

@@ -77,4 +77,4 @@ def particle_filter(logits_fn: Callable, process_reward_fn: Callable, *, nfe_bud
     def step(key, state, ctx, params):
         return inner.step(key, state, ctx, as_smc(params))
 
-    return Sampler(init, step, inner.finalize, ParticleFilterParams(inner.params.base, tau))
+    return Sampler(init, step, inner.finalize, ParticleFilterParams(inner.params.base, tau), inner.watch)

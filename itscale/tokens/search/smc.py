@@ -126,4 +126,7 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
         prompt_len = state.base.seq.tokens.shape[-1] - num_steps * step_length
         return TokenSMCOutput(for_state(state).finalize(state), plan(prompt_len).as_arrays())
 
-    return Sampler(init, step, finalize, SMCParams(base.params, lam, ess_threshold))
+    def watch(state):
+        return state._replace(base=base.watch(state.base))
+
+    return Sampler(init, step, finalize, SMCParams(base.params, lam, ess_threshold), watch)

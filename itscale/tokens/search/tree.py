@@ -239,4 +239,7 @@ def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *,
                             invalid_rewards=state.invalid_rewards,
                             split=plan(state.rollout.seq.prompt_len).as_arrays())
 
-    return Sampler(init, step, finalize, make_params(base.params))
+    def watch(state):
+        return state._replace(rollout=base.watch(state.rollout))
+
+    return Sampler(init, step, finalize, make_params(base.params), watch)
