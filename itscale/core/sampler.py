@@ -18,7 +18,9 @@ The optional fifth field ``watch(state) -> pytree`` names the part of the state 
 for non-finite values after every step (default: all of it). A sampler whose state holds a large
 buffer derived from a small one (a KV cache and the logits computed with it) watches the small one:
 a NaN in the cache reaches the logits of the same forward, and the check no longer reads the whole
-cache every step.
+cache every step. A transform of such a sampler passes a watch on (``particles``, ``smc``, the token
+searches): one that watches all of a KV cache re-reads it every step (in the step-level searches that
+also cost an extra copy of every gathered cache: beam search went from 1.38x to 1.12x plain sampling).
 """
 
 from __future__ import annotations
