@@ -3,8 +3,8 @@ sequence of one query): completed nodes keep exactly one slot and are never drop
 counted, nothing is NaN, a query with no possible node is reported; a low balance temperature T gives
 the high-reward nodes the children (more correct completions than a high T) and changing T never
 recompiles; NFE within the budget, split reported. Figures at the time of writing (100 seeds): fraction
-of kept completions containing A 0.71 at T = 0.05 and 0.37 at T = 20 (paired t-test p = 1e-22); NFE
-78 per query on average for a budget of 97 (EOS stops rows early)."""
+of kept completions containing A 0.73 at T = 0.05 and 0.40 at T = 20 (paired t-test p = 1e-19); NFE
+77 and 73 per query on average for a budget of 97 (EOS stops rows early)."""
 
 import functools
 

@@ -2,7 +2,7 @@
 r = P(completion contains A | prefix) of a MarkovLM where A is rare (Z = 0.179 in 6 tokens), steps of
 two tokens. NFE equals the planned bound (the budget's split, reported), one node per DVTS subtree,
 kept nodes far more often correct than plain samples; the selection rules against direct references.
-Figures at the time of writing (100 seeds): DVTS subtree finals correct 0.68 / 0.63 (Z = 0.18 / 0.16),
+Figures at the time of writing (100 seeds): DVTS subtree finals correct 0.66 / 0.67 (Z = 0.18 / 0.16),
 its answer correct 0.99."""
 
 import functools
