@@ -15,10 +15,12 @@ from experiments.arithmetic_model import ModelConfig
 from experiments.common import StudyResult
 from itscale.verifiers import arithmetic
 
-TINY_MODEL = ModelConfig(max_digits=2, min_digits=1, width=32, depth=1, num_heads=2, train_steps=150,
+# 300 training steps: plain sampling is right about 9% of the time, best-of-4 about 35% (32 problems), so
+# "best-of-N beats plain sampling" is a claim the test can check (at 150 steps, ~1%, it was a coin toss)
+TINY_MODEL = ModelConfig(max_digits=2, min_digits=1, width=32, depth=1, num_heads=2, train_steps=300,
                          batch_size=32, warmup_steps=5)
 SEARCH = "beam_search" if hasattr(its.tokens, "beam_search") else None
-TINY = tokens.StudyConfig(model=TINY_MODEL, num_problems=16, widths=(4,), search_widths=(4,),
+TINY = tokens.StudyConfig(model=TINY_MODEL, num_problems=32, widths=(4,), search_widths=(4,),
                           coverage_samples=8,
                           strategies=("plain", "bon_exact", "majority") + ((SEARCH,) if SEARCH else ()))
 
@@ -73,7 +75,7 @@ def test_best_of_n_exact_verifier_beats_plain_sampling(first_run):
     bon = points["bon_exact"]
     # the exact verifier keeps a correct candidate whenever there is one
     assert bon["accuracy"] == bon["coverage_of_candidates"]
-    assert bon["accuracy"] >= points["plain"]["accuracy"]
+    assert bon["accuracy"] > points["plain"]["accuracy"] > 0
     assert bon["accuracy"] >= points["majority"]["accuracy"]
 
 
