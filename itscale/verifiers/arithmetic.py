@@ -124,7 +124,8 @@ def format_prompt(a: jax.Array, b: jax.Array, max_digits: int) -> jax.Array:
     r = np.arange(prompt_length(max_digits))[::-1]
     b_end = _num_digits(b)
     a_start = b_end + 2
-    tokens = jnp.where(r <= b_end, _digit(b, r - 1), jnp.where(r == b_end + 1, PLUS, _digit(a, r - a_start)))
+    tokens = jnp.where(r <= b_end, _digit(b, r - 1, max_digits),
+                       jnp.where(r == b_end + 1, PLUS, _digit(a, r - a_start, max_digits)))
     tokens = jnp.where(r == 0, EQUALS, tokens)
     return jnp.where(r < a_start + _num_digits(a), tokens, PAD)
 
@@ -142,7 +143,7 @@ def worked_solution(a: jax.Array, b: jax.Array, max_digits: int) -> jax.Array:
     total = a + b
     place, next_place = _POW10[:max_digits], _POW10[1:max_digits + 1]
     carry = lambda p: (a % p + b % p) // p  # noqa: E731
-    full = lambda s: jnp.full(carry(place).shape, s, jnp.int32)  # noqa: E731
+    full = lambda s: jnp.full(a.shape[:-1] + (max_digits,), s, jnp.int32)  # noqa: E731
     steps = jnp.stack([a // place % 10, full(PLUS), b // place % 10, full(PLUS), carry(place), full(EQUALS),
                        carry(next_place), total // place % 10, full(SEP)], axis=-1)
     length = completion_length(max_digits)
@@ -150,8 +151,7 @@ def worked_solution(a: jax.Array, b: jax.Array, max_digits: int) -> jax.Array:
     steps = jnp.concatenate([steps, jnp.zeros(a.shape[:-1] + (length - steps.shape[-1],), jnp.int32)], axis=-1)
     offset = np.arange(length) - STEP_LENGTH * jnp.maximum(_num_digits(a), _num_digits(b))  # into "#s."
     answer_digits = _num_digits(total)
-    exponent = answer_digits - offset
-    answer = sum(jnp.where(exponent == e, total // _POW10[e] % 10, 0) for e in range(max_digits + 1))
+    answer = _digit(total, answer_digits - offset, max_digits + 1)
     tail = jnp.where(offset == 0, ANSWER, jnp.where(offset <= answer_digits, answer,
                                                     jnp.where(offset == answer_digits + 1, EOS, PAD)))
     return jnp.where(offset < 0, steps, tail)
@@ -283,9 +283,13 @@ def _num_digits(x: jax.Array) -> jax.Array:
     return 1 + jnp.sum(x[..., None] >= _POW10[1:], axis=-1)
 
 
-def _digit(x: jax.Array, exponent: Any) -> jax.Array:
-    """The digit of x at 10^exponent (exponent clipped to [0, 9]; x >= 0)."""
-    return x // jnp.asarray(_POW10)[jnp.clip(exponent, 0, _MAX_PARSED_DIGITS)] % 10
+def _digit(x: jax.Array, exponent: Any, width: int) -> jax.Array:
+    """The digit of x (..., 1), x >= 0, at 10^exponent for exponents in [0, width), else 0.
+
+    One division per row and candidate exponent, then a select per position: integer division does
+    not vectorize on CPU, so dividing at every position of a (batch, length) layout is what costs.
+    """
+    return sum(jnp.where(exponent == e, x // _POW10[e] % 10, 0) for e in range(width))
 
 
 def _parse_prompt(tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
