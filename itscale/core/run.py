@@ -92,7 +92,7 @@ class _Tally(NamedTuple):
 def count_nonfinite(tree) -> jax.Array:
     """Number of non-finite values among the floating leaves of ``tree``.
 
-    Runs every step on the whole state (KV caches included), so it first asks a cheap question: is
+    Runs every step on the part of the state the sampler watches, so it first asks a cheap question: is
     ``max |x|`` over all leaves finite (one vectorised float reduction; the max propagates NaN)? Only
     when it is not does it count, elementwise, under a ``lax.cond``. The integer count alone costs
     about 5x the read of the state on CPU (measured in ``experiments/bench/core.py``).

@@ -84,4 +84,4 @@ def gumbel_at(keys: jax.Array, positions: jax.Array, vocab_size: int, dtype,
 
 def uniform_at(keys: jax.Array, positions: jax.Array, dtype, stream: int = ACCEPT) -> jax.Array:
     """(batch, k) uniform (0, 1) noise of rows ``keys`` (batch,) at ``positions`` (batch, k)."""
-    return _uniform(keys, positions, jnp.zeros(1), stream, dtype)[..., 0].astype(dtype)
+    return _uniform(keys, positions, np.zeros(1, np.uint32), stream, dtype)[..., 0].astype(dtype)
