@@ -100,6 +100,18 @@ def test_nonfinite_values_are_counted_with_the_first_step():
     assert int(result.stats.nonfinite) == 2 * 3 * 2  # 6 NaNs after each of steps 3 and 4
 
 
+def test_nonfinite_tally_over_scalar_leaves_and_leaves_of_other_lengths():
+    def spoil(key, state, ctx, params):  # a NaN in row 2 of "rows" from step 2, an inf scalar at step 1 only
+        rows = jnp.where((ctx.step >= 2) & (jnp.arange(4) == 2)[:, None], jnp.nan, state["rows"])
+        return {"rows": rows, "scalar": jnp.where(ctx.step == 1, jnp.inf, 0.0), "ints": state["ints"],
+                "short": state["short"]}, {}
+
+    state = {"rows": jnp.ones((4, 3)), "scalar": jnp.float32(0), "ints": jnp.arange(4), "short": jnp.ones(2)}
+    result = its.run(its.Sampler(lambda k, x, p: x, spoil, lambda x: x), jax.random.key(0), state, num_steps=5)
+    assert int(result.stats.first_nonfinite_step) == 1
+    assert int(result.stats.nonfinite) == 1 + 3 * 3  # the scalar once; row 2's 3 values after steps 2, 3, 4
+
+
 @pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, -jnp.inf])
 def test_count_nonfinite_counts_every_kind_in_mixed_leaves(bad):
     from itscale.core.run import count_nonfinite
