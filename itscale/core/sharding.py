@@ -66,6 +66,25 @@ def shard_particles(tree, mesh: Mesh, axis_name: str | None = None):
     return jax.tree.map(place, tree)
 
 
+def write_columns(buffer: jax.Array, columns: jax.Array, values: jax.Array, *, axis: int = 1) -> jax.Array:
+    """``buffer[b, ..., columns[b, j], ...] = values[b, ..., j, ...]`` for every row ``b``, the column
+    index at ``axis`` (``columns`` (B,) writes one column per row); out-of-range columns are dropped.
+
+    A row-local write: written as a ``vmap`` over rows, it lowers to a scatter whose row axis is a
+    batching dimension, which the SPMD partitioner keeps split. The equivalent indexed scatter
+    ``buffer.at[arange(B)[:, None], columns]`` makes it all-gather the rows to every device at every
+    write (a KV-cache decode sharded over two CPU devices was no faster than one device).
+    """
+    if axis < 1:
+        raise ValueError(f"axis must be >= 1 (axis 0 is the row axis), got {axis}")
+
+    def write_row(row, row_columns, row_values):
+        index = (slice(None),) * (axis - 1) + (row_columns,)
+        return row.at[index].set(row_values.astype(row.dtype), mode="drop")
+
+    return jax.vmap(write_row)(buffer, columns, values)
+
+
 def gather_particles(tree, indices):
     """``leaf[indices]`` along the particle axis of every leaf: the resampling move.
 

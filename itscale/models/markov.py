@@ -29,6 +29,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from itscale.core import checks
+from itscale.core.sharding import write_columns
 
 _MAX_ENUMERATION = 2 ** 22  # largest number of completions enumerated exactly
 
@@ -184,7 +185,7 @@ class NGramLM:
         if cache.lengths.shape != (batch,):
             raise ValueError(f"cache holds {cache.lengths.shape[0]} rows but tokens has batch {batch}")
         slots = cache.lengths[:, None] + jnp.arange(length, dtype=jnp.int32)
-        history = cache.history.at[jnp.arange(batch)[:, None], slots].set(tokens, mode="drop")
+        history = write_columns(cache.history, slots, tokens)
         logits = self._log_probs_at(history, slots, cache.start)
         return logits, NGramCache(history, cache.lengths + length, cache.start)
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from itscale.core import checks
+from itscale.core.sharding import write_columns
 from itscale.tokens.sampling import Decoding
 
 
@@ -139,13 +140,11 @@ def append(seq: Sequences, tokens: jax.Array, log_probs: jax.Array, sample_log_p
     keep = valid & ~seq.finished[:, None] & ~eos_before
     written = jnp.where(keep, tokens, decoding.pad_id).astype(jnp.int32)
     column = jnp.where(valid, seq.position[:, None] + slot, seq.max_new_tokens)      # out of range: dropped
-    rows = jnp.arange(batch)[:, None]
     zero = jnp.zeros((), seq.log_probs.dtype)
     seq = seq._replace(
-        tokens=seq.tokens.at[rows, seq.prompt_len + column].set(written, mode="drop"),
-        log_probs=seq.log_probs.at[rows, column].set(jnp.where(keep, log_probs, zero), mode="drop"),
-        sample_log_probs=seq.sample_log_probs.at[rows, column].set(jnp.where(keep, sample_log_probs, zero),
-                                                                   mode="drop"),
+        tokens=write_columns(seq.tokens, seq.prompt_len + column, written),
+        log_probs=write_columns(seq.log_probs, column, jnp.where(keep, log_probs, zero)),
+        sample_log_probs=write_columns(seq.sample_log_probs, column, jnp.where(keep, sample_log_probs, zero)),
         position=seq.position + count,
         generated=seq.generated + jnp.sum(keep, axis=1, dtype=jnp.int32),
         finished=seq.finished | jnp.any(eos & keep, axis=1))

@@ -174,9 +174,11 @@ def speculative(target_logits_fn: Callable, draft_logits_fn: Callable, *, gamma:
         accept = (log_u < ratio) & jnp.isfinite(sampling.pick(log_q, drafts))
         k = jnp.sum(jnp.cumprod(accept.astype(jnp.int32), axis=1), axis=1, dtype=jnp.int32)  # in [0, gamma]
         # Correction at index k: norm(max(0, p_k - q_k)), or p_{gamma+1} (q = 0) after gamma acceptances.
-        rows = jnp.arange(k.shape[0])
-        p_k = log_p[rows, k]
-        q_k = jnp.where((k < gamma)[:, None], log_q[rows, jnp.minimum(k, gamma - 1)], -jnp.inf)
+        def at_draft(log_law, index):  # log_law[b, index[b]]: row-local, stays split on a sharded batch
+            return jnp.take_along_axis(log_law, index[:, None, None], axis=1)[:, 0]
+
+        p_k = at_draft(log_p, k)
+        q_k = jnp.where((k < gamma)[:, None], at_draft(log_q, jnp.minimum(k, gamma - 1)), -jnp.inf)
         log_r = residual_log_law(p_k, q_k)
         gumbel = noise.gumbel_at(state.noise_keys, (seq.position + k)[:, None], log_p.shape[-1],
                                  log_p.dtype)[:, 0]

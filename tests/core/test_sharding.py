@@ -64,6 +64,32 @@ _EIGHT_DEVICES = textwrap.dedent("""
     assert int(jax.jit(sharding.global_argmax)(values)) == 36
     picked = jax.jit(sharding.gather_particles)(values, jnp.array([36, 0, 63]))
     np.testing.assert_array_equal(picked, [36.0, 0.0, 63 % 37])
+
+    # Samplers without a global step keep every row on its device: no collective inside the loop
+    # (the non-finite tally and the KV-cache and token writes are row-local), the same values.
+    from flax import nnx
+    from itscale.core.run import _run
+    from itscale.models.transformer import Transformer, logits_fn
+
+
+    def loop_collectives(sampler, x):
+        text = _run.lower(sampler._replace(params=None), 6, None, jax.random.key(1), x,
+                          sampler.params).compile().as_text()
+        ops = ("all-reduce(", "all-gather(", "all-to-all(", "collective-permute(", "reduce-scatter(")
+        return [line for line in text.splitlines() if any(op in line for op in ops) and "/while/" in line]
+
+
+    velocity = its.models.as_fn(its.models.MLP(2, width=16, depth=2, rngs=nnx.Rngs(0)))
+    model = Transformer(64, width=32, depth=2, num_heads=2, max_len=16, rngs=nnx.Rngs(0))
+    prompts = jax.random.randint(jax.random.key(0), (N // 4, 4), 0, 64)
+    cases = {"ode": (its.refine.ode(velocity, "heun"), x),
+             "rollout": (its.tokens.rollout(logits_fn(model), init_cache=model.init_cache, max_len=16), prompts)}
+    for name, (sampler, start) in cases.items():
+        split = sharding.shard_particles(start, mesh)
+        assert loop_collectives(sampler, split) == [], name
+        one, many = (its.run(sampler, jax.random.key(1), s, num_steps=6) for s in (start, split))
+        np.testing.assert_allclose(jax.tree.leaves(one.output)[0], jax.tree.leaves(many.output)[0], rtol=1e-5)
+        assert int(many.stats.nonfinite) == 0 and int(many.stats.first_nonfinite_step) == -1
     print("OK")
 """)
 
@@ -75,6 +101,24 @@ def test_smc_on_eight_devices_matches_one_device():
     done = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stderr[-4000:]
+
+
+def test_write_columns_is_a_per_row_indexed_write_dropping_out_of_range_columns():
+    rng = np.random.default_rng(0)
+    buffer = rng.normal(size=(3, 2, 6, 4)).astype(np.float32)
+    columns = np.array([[0, 5], [2, 6], [7, 1]])               # 6 and 7 are past the 6 slots: dropped
+    values = rng.normal(size=(3, 2, 2, 4)).astype(np.float32)
+    expected = buffer.copy()
+    for b in range(3):
+        for j in range(2):
+            if columns[b, j] < 6:
+                expected[b, :, columns[b, j]] = values[b, :, j]
+    np.testing.assert_array_equal(jax.jit(sharding.write_columns, static_argnames="axis")(
+        buffer, columns, values, axis=2), expected)
+    flat = sharding.write_columns(jnp.zeros((3, 4), jnp.int32), jnp.array([3, 0, 9]), jnp.array([7, 8, 9]))
+    np.testing.assert_array_equal(flat, [[0, 0, 0, 7], [8, 0, 0, 0], [0, 0, 0, 0]])
+    with pytest.raises(ValueError, match="axis must be >= 1"):
+        sharding.write_columns(buffer, columns, values, axis=0)
 
 
 def test_shard_particles_places_leaves_and_checks_divisibility():

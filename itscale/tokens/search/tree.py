@@ -48,7 +48,7 @@ from jax import lax
 
 from itscale.core import checks, counting
 from itscale.core.sampler import Sampler
-from itscale.core.sharding import gather_particles
+from itscale.core.sharding import gather_particles, write_columns
 from itscale.search.allocation import offspring_slots
 from itscale.tokens import sampling, sequences
 from itscale.tokens.rollout import RolloutState
@@ -120,10 +120,9 @@ def _restore_model_log_probs(before: RolloutState, after: RolloutState, log_prob
     """Put the model's log-probability of the forced token back (the constrained law gave it 0) and
     the unconstrained next logits of rows that did not move."""
     took = ~before.seq.done                    # active at the first token iteration: the token was written
-    rows = jnp.arange(took.shape[0])
     column = before.seq.position
-    current = after.seq.log_probs[rows, jnp.minimum(column, after.seq.max_new_tokens - 1)]
-    log_probs = after.seq.log_probs.at[rows, column].set(jnp.where(took, log_prob, current), mode="drop")
+    current = sampling.pick(after.seq.log_probs, jnp.minimum(column, after.seq.max_new_tokens - 1))
+    log_probs = write_columns(after.seq.log_probs, column, jnp.where(took, log_prob, current))
     next_logits = jnp.where(took[:, None], after.next_logits, before.next_logits)
     return after._replace(seq=after.seq._replace(log_probs=log_probs), next_logits=next_logits)
 
