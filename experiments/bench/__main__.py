@@ -1,7 +1,8 @@
 """``python -m experiments.bench [--quick] [--only NAME ...]``: print the benchmark table.
 
 Each module in ``MODULES`` exposes ``rows(quick=False) -> list[dict]``; every figure is a ratio or a
-count measured inside one run, so machine noise cancels. The table is also written (atomically) to
+count measured inside one run, so machine noise cancels. JAX gets one CPU device per core
+(:mod:`experiments.bench.devices`); benchmarks use device 0 unless a row says it splits its batch. The table is also written (atomically) to
 ``results/bench.md`` and ``results/bench.json``.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import importlib
 import pathlib
 
+from experiments.bench.devices import use_every_core
 from experiments.common import markdown_table, write_json_atomic, write_text_atomic
 
 MODULES = [
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", help="module names (suffixes) to run")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results"))
     args = parser.parse_args(argv)
+    use_every_core()
     rows = collect(args.quick, args.only)
     table = markdown_table(rows, COLUMNS)
     print(table)
