@@ -103,7 +103,8 @@ def test_nonfinite_values_are_counted_with_the_first_step():
 def test_nonfinite_tally_over_scalar_leaves_and_leaves_of_other_lengths():
     def spoil(key, state, ctx, params):  # a NaN in row 2 of "rows" from step 2, an inf scalar at step 1 only
         rows = jnp.where((ctx.step >= 2) & (jnp.arange(4) == 2)[:, None], jnp.nan, state["rows"])
-        return {"rows": rows, "scalar": jnp.where(ctx.step == 1, jnp.inf, 0.0), "ints": state["ints"],
+        scalar = jnp.where(ctx.step == 1, jnp.inf, 0.0).astype(state["scalar"].dtype)
+        return {"rows": rows, "scalar": scalar, "ints": state["ints"],
                 "short": state["short"]}, {}
 
     state = {"rows": jnp.ones((4, 3)), "scalar": jnp.float32(0), "ints": jnp.arange(4), "short": jnp.ones(2)}
