@@ -25,6 +25,21 @@ def test_nfe_is_exact_and_declared(solver):
     assert int(result.stats.nonfinite) == 0
 
 
+@pytest.mark.parametrize("solver", ["heun", "midpoint", "rk4"])
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+def test_a_faulty_row_leaves_the_other_rows_alone(solver, bad):
+    """A non-finite velocity in the first row (the one the stages' time ordering reads) changes no
+    other row's result and is counted."""
+    def velocity(x, t):
+        return jnp.where(jnp.arange(x.shape[0])[:, None] == 0, bad, -x * (1.0 + t))
+
+    x = x32((4, 2))
+    faulty = its.run(its.refine.ode(velocity, solver), jax.random.key(0), x, num_steps=4)
+    clean = its.run(its.refine.ode(lambda x, t: -x * (1.0 + t), solver), jax.random.key(0), x, num_steps=4)
+    np.testing.assert_array_equal(faulty.output[1:], clean.output[1:])
+    assert int(faulty.stats.nonfinite) > 0 and int(clean.stats.nonfinite) == 0
+
+
 def test_declarations():
     assert {n: (s.order, s.nfe_per_step) for n, s in SOLVERS.items()} == {
         "euler": (1, 1), "heun": (2, 2), "midpoint": (2, 2), "rk4": (4, 4), "ddim": (1, 1),

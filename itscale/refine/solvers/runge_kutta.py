@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from itscale.refine.solvers.base import Clock, Model, Solver
 
@@ -45,6 +46,19 @@ def _combine(x, h, weights, slopes):
     return x
 
 
+def _after(slope: jax.Array, t: jax.Array) -> jax.Array:
+    """``t``, made to depend on the previous stage's output (the value is exactly ``t``).
+
+    Without it XLA hoists every stage's time features (the model's work that depends on t alone) to
+    the start of the step, where their activations (batch x width each) stay live across the earlier
+    stages: at batch 4096 that made RK4, Heun and midpoint 4-12% slower than diffrax, whose stages run
+    one per loop iteration. (``lax.optimization_barrier`` is removed before that hoisting on CPU.) A
+    non-finite probe leaves ``t`` as it is, so a faulty row never spreads to the others.
+    """
+    probe = slope.reshape(-1)[0].astype(t.dtype)
+    return jnp.where(jnp.isfinite(probe), t + 0 * probe, t)
+
+
 def _step(tableau: Tableau):
     def step(model: Model, state: RungeKuttaState, clock: Clock, key, params):
         x, t = state.x, clock.t()
@@ -52,7 +66,7 @@ def _step(tableau: Tableau):
         slopes = [model.velocity(x, t)]
         info = model.info(slopes[0], x, t)
         for a_j, c_j in zip(tableau.a[1:], tableau.c[1:]):
-            slopes.append(model.velocity(_combine(x, h, a_j, slopes), t + c_j * h))
+            slopes.append(model.velocity(_combine(x, h, a_j, slopes), _after(slopes[-1], t + c_j * h)))
         return RungeKuttaState(_combine(x, h, tableau.b, slopes)), info
 
     return step
