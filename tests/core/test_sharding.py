@@ -83,6 +83,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
     model = Transformer(64, width=32, depth=2, num_heads=2, max_len=16, rngs=nnx.Rngs(0))
     prompts = jax.random.randint(jax.random.key(0), (N // 4, 4), 0, 64)
     cases = {"ode": (its.refine.ode(velocity, "heun"), x),
+             "ode, stages in a loop": (its.refine.ode(velocity, "rk4"), jnp.tile(x, (64, 1))),
              "rollout": (its.tokens.rollout(logits_fn(model), init_cache=model.init_cache, max_len=16), prompts)}
     for name, (sampler, start) in cases.items():
         split = sharding.shard_particles(start, mesh)

@@ -40,6 +40,20 @@ def test_a_faulty_row_leaves_the_other_rows_alone(solver, bad):
     assert int(faulty.stats.nonfinite) > 0 and int(clean.stats.nonfinite) == 0
 
 
+@pytest.mark.parametrize("solver", ["heun", "midpoint", "rk4"])
+def test_stages_in_a_loop_for_large_states_match_the_unrolled_stages(solver):
+    """States of LOOP_MIN_SIZE entries or more run the Runge-Kutta stages in a loop: the same values
+    as the unrolled stages of a small batch, row by row, and the same exact NFE."""
+    from itscale.refine.solvers.runge_kutta import LOOP_MIN_SIZE
+
+    x = jax.random.normal(jax.random.key(0), (LOOP_MIN_SIZE // 2, 2))
+    sampler = its.refine.ode(lambda x, t: jnp.sin(3.0 * x) * (1.0 + t) - x, solver)
+    large = its.run(sampler, jax.random.key(0), x, num_steps=5)
+    small = its.run(sampler, jax.random.key(0), x[:8], num_steps=5)
+    np.testing.assert_allclose(large.output[:8], small.output, rtol=1e-6, atol=1e-6)
+    assert int(large.stats.nfe) == x.shape[0] * 5 * SOLVERS[solver].nfe_per_step
+
+
 def test_declarations():
     assert {n: (s.order, s.nfe_per_step) for n, s in SOLVERS.items()} == {
         "euler": (1, 1), "heun": (2, 2), "midpoint": (2, 2), "rk4": (4, 4), "ddim": (1, 1),
