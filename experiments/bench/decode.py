@@ -10,7 +10,7 @@ vs decoding without a cache.
   thread pool takes every core the process may run on). Same sizes, prompt and new tokens; target:
   JAX >= 2x the tokens/s of HF at batch 1 and 32. At batch 32 JAX also runs with its rows split over
   one CPU device per core (:mod:`experiments.bench.devices`; the same program, each device decoding 16
-  rows on its own core); the target then applies to that row, the one-device ratio is reported beside
+  rows on its own core, all reading one copy of the weights, ``itscale.core.sharding.replicate``); the target then applies to that row, the one-device ratio is reported beside
   it. Skipped (rows with a note) without torch/transformers.
 * library sampler: ``its.run(its.tokens.rollout(logits_fn(model), temperature=0.0, ...))`` (prefill,
   then one greedy token per step, the same model calls) vs the minimal scan above at the largest batch,
@@ -32,8 +32,6 @@ import os
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import itscale as its
 from experiments.bench.timing import time_interleaved
@@ -127,8 +125,8 @@ def bench_decode(*, batch_sizes=(1, 32), prompt_len: int = 16, new_tokens: int =
         prompts = jax.random.randint(jax.random.key(batch), (batch, prompt_len), 0, vocab_size)
         fns = {"jax": functools.partial(cached, params, prompts)}
         split = mesh is not None and batch % mesh.size == 0 and batch > 1
-        if split:  # rows split over the devices, the weights copied to each once
-            fns["jax_split"] = functools.partial(cached, jax.device_put(params, NamedSharding(mesh, P())),
+        if split:  # rows split over the devices, every device reading one copy of the weights
+            fns["jax_split"] = functools.partial(cached, its.core.sharding.replicate(params, mesh),
                                                  its.core.sharding.shard_particles(prompts, mesh))
         if hf is not None:
             host_prompts = jax.device_get(prompts)

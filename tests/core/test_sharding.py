@@ -65,6 +65,17 @@ _EIGHT_DEVICES = textwrap.dedent("""
     picked = jax.jit(sharding.gather_particles)(values, jnp.array([36, 0, 63]))
     np.testing.assert_array_equal(picked, [36.0, 0.0, 63 % 37])
 
+    # replicate: every device reads the same host buffer (one pointer), with the right values.
+    weights = {"w": np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32), "b": jnp.arange(3)}
+    shared = sharding.replicate(weights, mesh)
+    for name, leaf in shared.items():
+        assert leaf.sharding.spec == jax.sharding.PartitionSpec() and len(leaf.addressable_shards) == 8
+        assert len({shard.data.unsafe_buffer_pointer() for shard in leaf.addressable_shards}) == 1, name
+        for shard in leaf.addressable_shards:
+            np.testing.assert_array_equal(shard.data, weights[name])
+    np.testing.assert_allclose(jax.jit(lambda t, x: x @ t["w"])(shared, sharding.shard_particles(
+        jnp.ones((16, 64)), mesh)), np.ones((16, 64)) @ weights["w"], rtol=1e-5)
+
     # Samplers without a global step keep every row on its device: no collective inside the loop
     # (the non-finite tally and the KV-cache and token writes are row-local), the same values.
     from flax import nnx
@@ -120,6 +131,17 @@ def test_write_columns_is_a_per_row_indexed_write_dropping_out_of_range_columns(
     np.testing.assert_array_equal(flat, [[0, 0, 0, 7], [8, 0, 0, 0], [0, 0, 0, 0]])
     with pytest.raises(ValueError, match="axis must be >= 1"):
         sharding.write_columns(buffer, columns, values, axis=0)
+
+
+def test_replicate_places_whole_leaves_with_their_values():
+    mesh = sharding.particle_mesh(jax.devices()[:1])
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "scale": jnp.float32(2.0), "ids": np.arange(4)}
+    placed = sharding.replicate(tree, mesh)
+    for name, leaf in placed.items():
+        assert leaf.sharding.spec == jax.sharding.PartitionSpec() and leaf.dtype == jnp.asarray(tree[name]).dtype
+        np.testing.assert_array_equal(leaf, tree[name])
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
+        sharding.replicate(tree, "mesh")
 
 
 def test_shard_particles_places_leaves_and_checks_divisibility():
