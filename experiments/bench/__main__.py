@@ -2,8 +2,8 @@
 
 Each module in ``MODULES`` exposes ``rows(quick=False) -> list[dict]``; every figure is a ratio or a
 count measured inside one run, so machine noise cancels. JAX gets one CPU device per core
-(:mod:`experiments.bench.devices`); benchmarks use device 0 unless a row says it splits its batch. The table is also written (atomically) to
-``results/bench.md`` and ``results/bench.json``.
+(:mod:`experiments.bench.devices`); benchmarks use device 0 unless a row says it splits its batch.
+The table is also written (atomically) to ``results/bench.md`` and ``results/bench.json``.
 """
 
 from __future__ import annotations

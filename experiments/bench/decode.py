@@ -10,8 +10,8 @@ vs decoding without a cache.
   thread pool takes every core the process may run on). Same sizes, prompt and new tokens; target:
   JAX >= 2x the tokens/s of HF at batch 1 and 32. At batch 32 JAX also runs with its rows split over
   one CPU device per core (:mod:`experiments.bench.devices`; the same program, each device decoding 16
-  rows on its own core, all reading one copy of the weights, ``itscale.core.sharding.replicate``); the target then applies to that row, the one-device ratio is reported beside
-  it. Skipped (rows with a note) without torch/transformers.
+  rows on its own core, all reading one copy of the weights, ``itscale.core.sharding.replicate``);
+  the target then applies to that row, the one-device ratio is reported beside it. Skipped (rows with a note) without torch/transformers.
 * library sampler: ``its.run(its.tokens.rollout(logits_fn(model), temperature=0.0, ...))`` (prefill,
   then one greedy token per step, the same model calls) vs the minimal scan above at the largest batch,
   same prompts and tokens; target: the library costs <= 1.25x the minimal loop.
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 import itscale as its
-from experiments.bench.timing import time_interleaved
 from experiments.bench.devices import core_mesh, cores, use_every_core
+from experiments.bench.timing import time_interleaved
 from itscale.models.transformer import Transformer, logits_fn, split_forward
 
 

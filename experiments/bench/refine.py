@@ -11,9 +11,10 @@ Per solver, at batch 64 and 4096, ratios measured inside one interleaved run:
 * PyTorch eager loop of the same solver and the same MLP weights / ``its.run``
   (:mod:`experiments.bench.torch_peers`, checked to compute the same values by
   ``tests/refine/test_ode_torch_peers.py``); target >= 2x at batch 64 for its.run with the batch split
-  over the cores (both sides then use every core; the one-device ratio is reported beside it). PyTorch is timed in blocks of
-  its own after the interleaved JAX timings (either framework's spinning worker threads slow the other's
-  next call: PyTorch Euler at batch 64 measured 1.5x slower interleaved with JAX calls than alone),
+  over the cores (both sides then use every core; the one-device ratio is reported beside it).
+  PyTorch is timed in blocks of its own after the interleaved JAX timings (either framework's
+  spinning worker threads slow the other's next call: PyTorch Euler at batch 64 measured 1.5x slower
+  interleaved with JAX calls than alone),
   once with one thread (what XLA uses for this loop at batch 64: all its kernels run on one thread of
   the profile) and once with its default thread count; the faster median counts, so the peer runs at
   its best. On a shared machine the default two OpenMP threads can be 20x slower than one (a descheduled
@@ -123,7 +124,7 @@ def solver_rows(model, solver: str, batch: int, num_steps: int, repeats: int, me
         rows.append({"bench": "refine: its.run / bare MLP loop", "case": split_case, "value": overhead,
                      "unit": "x", "target": "", "ok": None,
                      "note": f"its {seconds['its_split'] * 1e3:.2f} ms; includes the fixed dispatch of a "
-                             "program on every device with its 7 outputs"})
+                             "program on every device with all its outputs"})
     if "diffrax" in seconds:
         ratio = seconds["its"] / seconds["diffrax"]
         rows.append({"bench": "refine: its.run / diffrax fixed step", "case": case, "value": ratio,

@@ -128,7 +128,7 @@ def append(seq: Sequences, tokens: jax.Array, log_probs: jax.Array, sample_log_p
     Tokens after an EOS (earlier or in this chunk) become ``pad_id`` with log-probabilities 0; writes
     past the buffer are dropped. Returns the new state and the tokens as written (batch, k).
     """
-    batch, k = tokens.shape
+    k = tokens.shape[1]
     slot = jnp.arange(k)
     count = jnp.clip(count, 0, seq.max_new_tokens - seq.position)
     valid = slot < count[:, None]
