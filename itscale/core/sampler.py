@@ -53,6 +53,15 @@ def watched(sampler: Sampler, state):
     return state if sampler.watch is None else sampler.watch(state)
 
 
+def watch_within(watch: Callable[[Any], Any] | None, field: str) -> Callable[[Any], Any] | None:
+    """The watch of a transform whose state keeps an inner sampler's state in ``field``: ``watch``
+    applied to that field, the rest of the state watched whole; None (watch everything) when
+    ``watch`` is None."""
+    if watch is None:
+        return None
+    return lambda state: state._replace(**{field: watch(getattr(state, field))})
+
+
 def identity_finalize(state):
     """``finalize`` for samplers whose state is their output."""
     return state

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from itscale.core import checks, counting
 from itscale.core import sharding as particle_sharding
-from itscale.core.sampler import Sampler
+from itscale.core.sampler import Sampler, watch_within
 from itscale.search import potentials, resampling
 
 _RESAMPLE_STREAM = 0x5EED  # fold-in constant: resampling key, distinct from the base step's key
@@ -232,5 +232,5 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
                          ever_all_impossible=state.ever_all_impossible,
                          invalid_rewards=state.invalid_rewards)
 
-    watch = None if sampler.watch is None else (lambda state: state._replace(base=sampler.watch(state.base)))
-    return Sampler(init, step, finalize, SMCParams(sampler.params, lam, ess_threshold), watch)
+    return Sampler(init, step, finalize, SMCParams(sampler.params, lam, ess_threshold),
+                   watch_within(sampler.watch, "base"))

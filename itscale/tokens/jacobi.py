@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from itscale.core import checks, counting
-from itscale.core.sampler import Sampler
+from itscale.core.sampler import Sampler, watch_within
 from itscale.tokens import sampling, sequences
 from itscale.tokens.model import token_model
 from itscale.tokens.noise import gumbel_at
@@ -131,7 +131,4 @@ def jacobi(logits_fn: Callable, *, block: int | None = None, temperature: float 
         out = sequences.generation(state.decode.seq, decoding.pad_id)
         return JacobiGeneration(*out, state.iterations, state.decode.seq.done)
 
-    def watch(state):
-        return state._replace(decode=watch_outputs(state.decode))
-
-    return Sampler(init, step, finalize, params, watch)
+    return Sampler(init, step, finalize, params, watch_within(watch_outputs, "decode"))

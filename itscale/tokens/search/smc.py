@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from itscale.core import counting
 from itscale.core.keys import split_per_particle
 from itscale.core.particles import particles
-from itscale.core.sampler import Sampler
+from itscale.core.sampler import Sampler, watch_within
 from itscale.core.sharding import gather_particles
 from itscale.search.smc import SMCOutput, SMCParams, smc
 from itscale.tokens import sequences
@@ -126,7 +126,4 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
         prompt_len = state.base.seq.tokens.shape[-1] - num_steps * step_length
         return TokenSMCOutput(for_state(state).finalize(state), plan(prompt_len).as_arrays())
 
-    def watch(state):
-        return state._replace(base=base.watch(state.base))
-
-    return Sampler(init, step, finalize, SMCParams(base.params, lam, ess_threshold), watch)
+    return Sampler(init, step, finalize, SMCParams(base.params, lam, ess_threshold), watch_within(base.watch, "base"))

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from itscale.core import checks, counting
-from itscale.core.sampler import Sampler
+from itscale.core.sampler import Sampler, watch_within
 from itscale.core.sharding import gather_particles, write_columns
 from itscale.search.allocation import offspring_slots
 from itscale.tokens import sampling, sequences
@@ -238,7 +238,4 @@ def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *,
                             invalid_rewards=state.invalid_rewards,
                             split=plan(state.rollout.seq.prompt_len).as_arrays())
 
-    def watch(state):
-        return state._replace(rollout=base.watch(state.rollout))
-
-    return Sampler(init, step, finalize, make_params(base.params), watch)
+    return Sampler(init, step, finalize, make_params(base.params), watch_within(base.watch, "rollout"))
