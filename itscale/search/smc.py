@@ -19,9 +19,11 @@ One step, for particles with log-weights log W (steps run from noise t = T to da
    so the potentials telescope to exp(λ r(x_0)) (see :mod:`itscale.search.potentials`).
 3. log W += Ψ_t − Ψ_{t+1} (incremental log-weight of the chosen potential).
 4. If ESS(W) < ``ess_threshold`` · N (and this is not the last step): draw ancestors with the chosen
-   resampler, gather every leaf of the base state and of the potential state along axis 0, and set
-   every log W to log mean W. Hence log Ẑ = Σ_{resampling times} log mean W + log mean W_final
-   = log mean W_final, which is unbiased for Z (Del Moral 2004).
+   resampler, resample every leaf of the base state and of the potential state along axis 0 (in
+   place: only the slots of particles without offspring are overwritten, see
+   :mod:`itscale.search.in_place`), and set every log W to log mean W. Hence
+   log Ẑ = Σ_{resampling times} log mean W + log mean W_final = log mean W_final, which is unbiased
+   for Z (Del Moral 2004).
 
 ``ess_threshold`` = 0 never resamples (importance sampling), 1 resamples after every step but the
 last. ``lam`` and ``ess_threshold`` live in ``params`` (traced: new values never recompile).
@@ -40,9 +42,9 @@ import jax
 import jax.numpy as jnp
 
 from itscale.core import checks, counting
-from itscale.core import sharding as particle_sharding
 from itscale.core.sampler import Sampler, watch_within
 from itscale.search import potentials, resampling
+from itscale.search.in_place import resample_in_place
 
 _RESAMPLE_STREAM = 0x5EED  # fold-in constant: resampling key, distinct from the base step's key
 
@@ -206,8 +208,8 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
             base_state, log_w, pot = operands
             ancestors = draw_ancestors(resample_key, log_w)
             mean = jnp.full_like(log_w, resampling.log_mean_exp(log_w))
-            return (particle_sharding.gather_particles(base_state, ancestors), mean,
-                    particle_sharding.gather_particles(pot, ancestors))
+            base_state, pot = resample_in_place((base_state, pot), ancestors)
+            return base_state, mean, pot
 
         new_base, log_weights, current = counting.cond(do_resample, resampled, lambda ops: ops,
                                                        (new_base, log_weights, current))

@@ -1,4 +1,5 @@
-"""Particle sharding: SMC on 8 fake CPU devices equals SMC on one device (same key).
+"""Particle sharding: SMC on 8 fake CPU devices equals SMC on one device (same key), also over a token
+rollout whose KV cache is resampled in place.
 
 The multi-device check runs in a subprocess, since the number of CPU devices must be set before JAX
 initialises its backend.
@@ -102,6 +103,20 @@ _EIGHT_DEVICES = textwrap.dedent("""
         one, many = (its.run(sampler, jax.random.key(1), s, num_steps=6) for s in (start, split))
         np.testing.assert_allclose(jax.tree.leaves(one.output)[0], jax.tree.leaves(many.output)[0], rtol=1e-5)
         assert int(many.stats.nonfinite) == 0 and int(many.stats.first_nonfinite_step) == -1
+
+    # SMC over a token rollout resamples the KV-cache rows (4 KiB each) in place on the split axis:
+    # the same particles as on one device.
+    from itscale.search import in_place
+    lm = Transformer(64, width=64, depth=1, num_heads=2, max_len=16, rngs=nnx.Rngs(0))
+    assert lm.init_cache(1).keys[0].nbytes >= in_place.IN_PLACE_MIN_ROW_BYTES
+    stepwise = its.tokens.rollout(logits_fn(lm), init_cache=lm.init_cache, max_len=16, noise="step")
+    steered = its.search.smc(stepwise, lambda g: (g.tokens[:, -1] % 3 == 0) * 1.0, num_particles=N,
+                             ess_threshold=1.0)
+    start = jnp.repeat(prompts[:1], N, axis=0)
+    one, many = (its.run(steered, jax.random.key(2), s, num_steps=6)
+                 for s in (start, sharding.shard_particles(start, mesh)))
+    assert int(one.output.num_resamples) == 5
+    np.testing.assert_array_equal(one.output.particles.tokens, many.output.particles.tokens)
     print("OK")
 """)
 

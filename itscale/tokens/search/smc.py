@@ -18,8 +18,8 @@ state is never touched under that ``vmap``, where every per-query branch becomes
 whole KV cache (the token loop's stopping test at every token, the resampling ``cond`` at every
 step): all queries' particles take their reasoning step in one token loop over the batch × N rows
 (``step_rollout(..., group_size=N)``: the same noise and NFE as the per-query loops), the vmapped
-SMC step weights and resamples (row index, Generation) pairs, and the rows are then gathered once
-by the chosen ancestors. Run with ``its.run(sampler, key, prompts, num_steps=num_steps)``,
+SMC step weights and resamples (row index, Generation) pairs, and the rows are then resampled once
+by the chosen ancestors, in place (:mod:`itscale.search.in_place`). Run with ``its.run(sampler, key, prompts, num_steps=num_steps)``,
 ``prompts`` (batch, P) or ``(prompts, lengths)``.
 """
 
@@ -36,7 +36,7 @@ from itscale.core import counting
 from itscale.core.keys import split_per_particle
 from itscale.core.particles import particles
 from itscale.core.sampler import Sampler, watch_within
-from itscale.core.sharding import gather_particles
+from itscale.search.in_place import resample_in_place
 from itscale.search.smc import SMCOutput, SMCParams, smc
 from itscale.tokens import sequences
 from itscale.tokens.search.budget import SearchSplit, check_budget, plan_search
@@ -120,7 +120,7 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
         new_state, info = counting.vmap(weigh)(split_per_particle(key, batch), state, per_query(info),
                                                per_query(base.finalize(moved)))
         ancestors = new_state.base[0] + n * jnp.arange(batch, dtype=jnp.int32)[:, None]
-        return new_state._replace(base=per_query(gather_particles(moved, ancestors.reshape(-1)))), info
+        return new_state._replace(base=per_query(resample_in_place(moved, ancestors.reshape(-1)))), info
 
     def finalize(state):
         prompt_len = state.base.seq.tokens.shape[-1] - num_steps * step_length

@@ -13,8 +13,9 @@ The engine behind step-level beam search (Snell et al. 2024, arXiv 2408.03314), 
    a node with r = −inf, or in an unused slot, is dead;
 3. select: ``select(scores, live, done, params) -> counts`` on arrays (batch, groups, slots) gives
    each live node its number of children for the next step (Σ over a group <= its slots); the
-   children are laid out in the group's slots (``itscale.search.offspring_slots``); unused slots are
-   dead. Groups are the ``group_width`` blocks of the width when ``independent_groups`` (DVTS
+   children are laid out in the group's slots (``itscale.search.offspring_slots``), then reordered so
+   that a node's first child takes the node's own slot: only the slots of nodes without children are
+   written (``itscale.search.in_place``); unused slots are dead. Groups are the ``group_width`` blocks of the width when ``independent_groups`` (DVTS
    subtrees), else the whole width is one group (beam search, REBASE). At the last step every kept
    node gets exactly one slot: the output is the kept set.
 
@@ -48,8 +49,9 @@ from jax import lax
 
 from itscale.core import checks, counting
 from itscale.core.sampler import Sampler, watch_within
-from itscale.core.sharding import gather_particles, write_columns
+from itscale.core.sharding import write_columns
 from itscale.search.allocation import offspring_slots
+from itscale.search.in_place import in_place_order, resample_in_place
 from itscale.tokens import sampling, sequences
 from itscale.tokens.rollout import RolloutState
 from itscale.tokens.search.budget import SearchSplit, check_budget, plan_search
@@ -216,10 +218,12 @@ def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *,
         slots = offspring_slots(counts)
         group_start = jnp.arange(batch * width // size)[:, None] * size
         rows = (group_start + slots.parent.reshape(-1, size)).reshape(-1)
-        kept = jnp.take_along_axis(scores, slots.parent, axis=-1)
-        new_state = TreeState(gather_particles(expanded, rows), slots.used.reshape(batch, width),
-                              slots.rank.reshape(batch, width),
-                              jnp.where(slots.used, kept, 0).reshape(batch, width).astype(state.scores.dtype),
+        kept = jnp.where(slots.used, jnp.take_along_axis(scores, slots.parent, axis=-1), 0)
+        # Children of a row take its slot first, so only the slots of rows without children are written.
+        order = in_place_order(rows)
+        in_order = lambda a: a.reshape(-1)[order].reshape(batch, width)  # noqa: E731
+        new_state = TreeState(resample_in_place(expanded, rows[order]), in_order(slots.used), in_order(slots.rank),
+                              in_order(kept).astype(state.scores.dtype),
                               state.invalid_rewards + jnp.sum(invalid & live, dtype=jnp.int32))
         info = {"num_live": jnp.sum(alive.reshape(batch, width), axis=1, dtype=jnp.int32),
                 "best_score": jnp.max(scores.reshape(batch, width), axis=1)}

@@ -1,0 +1,108 @@
+"""Resampling in place: the same offspring counts, survivors kept in their slots, only dead slots written,
+equal to a gather with the permuted ancestors, and no copy of a large carried state in a loop."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from itscale import search
+from itscale.search import in_place
+
+# A few sizes, so that the jitted functions compile once per size.
+_ancestors = st.sampled_from([1, 5, 16, 33]).flatmap(
+    lambda n: st.lists(st.integers(0, n - 1), min_size=n, max_size=n).map(lambda a: np.asarray(a, np.int32)))
+
+
+_moves = jax.jit(in_place.in_place_moves)
+_permuted = jax.jit(in_place.in_place_ancestors)
+_order = jax.jit(in_place.in_place_order)
+_resample = jax.jit(in_place.resample_in_place, static_argnames="chunk")
+
+
+@settings(max_examples=60, deadline=None)
+@given(_ancestors, st.booleans())
+def test_in_place_ancestors_keep_counts_and_survivors_and_order_permutes_the_slots_to_them(ancestors, presorted):
+    ancestors = np.sort(ancestors) if presorted else ancestors
+    n = len(ancestors)
+    counts = np.bincount(ancestors, minlength=n)
+    permuted = np.asarray(_permuted(jnp.asarray(ancestors)))
+    np.testing.assert_array_equal(np.bincount(permuted, minlength=n), counts)
+    survivors = counts > 0
+    np.testing.assert_array_equal(permuted[survivors], np.arange(n)[survivors])
+    order = np.asarray(_order(jnp.asarray(ancestors)))
+    np.testing.assert_array_equal(np.sort(order), np.arange(n))
+    np.testing.assert_array_equal(ancestors[order], permuted)
+    moves = _moves(jnp.asarray(ancestors))
+    m = int(moves.num_moved)
+    assert m == int(np.sum(~survivors))
+    np.testing.assert_array_equal(np.asarray(moves.destinations)[:m], np.flatnonzero(~survivors))
+    assert np.all(np.asarray(moves.destinations)[m:] == n) and np.all(np.asarray(moves.sources)[m:] == 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(_ancestors, st.sampled_from([1, 3, 16]))
+def test_resample_in_place_equals_the_permuted_gather_and_small_states_the_plain_one(ancestors, chunk):
+    n = len(ancestors)
+    rng = np.random.default_rng(n)
+    tree = {"large": jnp.asarray(rng.normal(size=(n, 2, in_place.IN_PLACE_MIN_ROW_BYTES // 8)), jnp.float32),
+            "small": jnp.asarray(rng.integers(0, 100, size=(n, 3)), jnp.int32),
+            "vector": jnp.arange(n, dtype=jnp.float32)}
+    out = _resample(tree, jnp.asarray(ancestors), chunk=chunk)
+    permuted = np.asarray(_permuted(jnp.asarray(ancestors)))
+    for name, leaf in tree.items():
+        np.testing.assert_array_equal(out[name], np.asarray(leaf)[permuted], err_msg=name)
+    small = _resample(tree["small"], jnp.asarray(ancestors), chunk=chunk)      # small leaves only: as drawn
+    np.testing.assert_array_equal(small, np.asarray(tree["small"])[ancestors])
+
+
+def test_blocks_of_per_query_ancestors_stay_in_their_block():
+    """Ancestors of block q (slots q·W .. (q+1)·W − 1) inside block q: the permuted ones stay there."""
+    width, blocks = 6, 5
+    rng = np.random.default_rng(0)
+    local = rng.choice(width, size=(blocks, width), p=[0.5, 0.3, 0.1, 0.1, 0.0, 0.0])
+    ancestors = (local + width * np.arange(blocks)[:, None]).reshape(-1)
+    permuted = np.asarray(in_place.in_place_ancestors(jnp.asarray(ancestors))).reshape(blocks, width)
+    assert np.all(permuted // width == np.arange(blocks)[:, None])
+
+
+def test_no_resampling_event_writes_nothing_and_a_large_state_is_not_copied_in_a_loop():
+    """Uniform weights under systematic resampling give one offspring each: the state comes back
+    unchanged. In a scan that resamples every step, the compiled loop holds no copy of the large
+    state (a gather would write a new buffer and copy it back into the loop carry)."""
+    n, row = 64, in_place.IN_PLACE_MIN_ROW_BYTES // 4
+    state = jnp.arange(n * row, dtype=jnp.float32).reshape(n, row)
+    same = search.systematic(jax.random.key(0), jnp.zeros(n))
+    assert int(in_place.in_place_moves(same).num_moved) == 0
+    np.testing.assert_array_equal(in_place.resample_in_place(state, same), state)
+
+    def loop(resample, state, key):
+        def body(state, k):
+            state = state.at[:, 0].add(1.0)
+            return resample(state, search.systematic(k, state[:, 1] * 1e-3)), None
+        return jax.lax.scan(body, state, jax.random.split(key, 5))[0]
+
+    def copies(resample):
+        compiled = jax.jit(loop, static_argnums=0, donate_argnums=1).lower(resample, state, jax.random.key(1))
+        return [line for line in compiled.compile().as_text().splitlines()
+                if re.search(rf"f32\[{n},{row}\]\S* copy\(", line)]
+
+    assert copies(lambda state, ancestors: state[ancestors]) != []     # the gather's copy into the carry
+    assert copies(in_place.resample_in_place) == []
+    out = jax.jit(loop, static_argnums=0)(in_place.resample_in_place, state, jax.random.key(1))
+    assert np.all(np.isin(np.asarray(out[:, 1]), np.asarray(state[:, 1])))   # rows are whole rows of the state
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="ancestors must be a 1-D integer"):
+        in_place.in_place_moves(jnp.zeros((2, 2), jnp.int32))
+    with pytest.raises(ValueError, match="ancestors must be a 1-D integer"):
+        in_place.in_place_moves(jnp.zeros(3))
+    with pytest.raises(ValueError, match="particle axis of size 3"):
+        in_place.resample_in_place({"x": jnp.zeros((4, 2))}, jnp.arange(3))
+    with pytest.raises(ValueError, match="chunk"):
+        in_place.resample_in_place(jnp.zeros((3, 2)), jnp.arange(3), chunk=0)
