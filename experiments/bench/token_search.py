@@ -10,12 +10,13 @@ searches spend their whole budget). Prompts: worked-addition prompts ``a+b=`` (3
   num_particles=N)`` on one prompt's N copies, vs the same rollout on the N rows (equal NFE, checked).
   Three rows: the default ESS-triggered resampling (the realistic setting; the process verifier scores
   every particle after every token), resampling after every token (``ess_threshold=1``), and the same
-  with a free reward (r = 0), which leaves the resampling cost alone: each event gathers every row of
-  the KV cache, a full copy of it, a large fraction of a decode step on this small model (its cache
-  is big next to its FLOPs per token: the gather writes a new buffer that is then copied back into the
-  loop's carried one, two passes over the cache). The verifier rows include the verifier's own cost: one
-  process-reward call on all N = 128 particles after every token costs about 0.05 ms, against about
-  0.7 ms for the decode step of those rows;
+  with a free reward (r = 0), which leaves the resampling machinery alone (equal weights: every
+  particle keeps its one offspring, so nothing is copied). Resampling runs in place
+  (``itscale.search.in_place``): each event copies the KV-cache rows of the particles that left no
+  offspring, a large fraction of a decode step on this small model when many die (its cache is big
+  next to its FLOPs per token). The verifier rows include the verifier's own cost: one process-reward
+  call on all N = 128 particles after every token costs about 0.05 ms, against about 0.7 ms for the
+  decode step of those rows;
 * the step-level searches of ``itscale.tokens`` when exported (beam search, DVTS, REBASE, particle
   filter) with the process verifier, W rows per query over num_steps x step_length = 4 x 9 tokens,
   vs plain sampling of W rows of 36 tokens per query from a shared prefill
@@ -106,8 +107,8 @@ def rows(quick: bool = False) -> list[dict]:
     for reward, threshold, what in (
             (_process, 0.5, "ESS-triggered resampling (ESS < N/2, the default), process verifier every token"),
             (_process, 1.0, "resample every token, process verifier every token"),
-            (_free, 1.0, "resample every token, free reward r = 0 (the resampling cost alone: a gather of "
-                         "every KV-cache row per token)")):
+            (_free, 1.0, "resample every token, free reward r = 0 (the resampling machinery alone; equal "
+                         "weights leave every particle in place)")):
         steered = its.search.smc(stepwise, reward, num_particles=particles, ess_threshold=threshold)
         row, nfe = _compare("SMC over rollout / plain sampling (equal NFE)",
                             f"N={particles} particles, {completion} tokens, {what}",
