@@ -64,6 +64,17 @@ def ess(log_weights) -> jax.Array:
     return jnp.where(all_impossible(log_weights), jnp.zeros_like(value), value)
 
 
+def ess_and_log_mean(log_weights) -> tuple[jax.Array, jax.Array]:
+    """``(ess(log_weights), log_mean_exp(log_weights))`` sharing one logsumexp; every weight is −inf
+    exactly when the log mean is −inf."""
+    log_weights = _as_log_weights(log_weights)
+    total = logsumexp(log_weights, axis=-1)
+    impossible = total == -jnp.inf
+    value = jnp.exp(2.0 * total - logsumexp(2.0 * log_weights, axis=-1))
+    log_mean = total - jnp.log(log_weights.shape[-1]).astype(log_weights.dtype)
+    return jnp.where(impossible, jnp.zeros_like(value), value), log_mean
+
+
 def _probabilities(log_weights) -> jax.Array:
     return jnp.exp(log_normalize(log_weights))
 

@@ -199,7 +199,7 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
         moved = update_potential(previous, r, lam_)
         current = jax.tree.map(lambda a, b: jnp.where(is_last, a, b), potentials.final(r, lam_), moved)
         log_weights = log_weights + potentials.increment(previous, current, state.alive)
-        ess = resampling.ess(log_weights)
+        ess, log_mean = resampling.ess_and_log_mean(log_weights)
         threshold = jnp.asarray(params.ess_threshold, dtype)
         do_resample = ~is_last & ((ess < threshold * n) | (threshold >= 1))
         resample_key = jax.random.fold_in(key, _RESAMPLE_STREAM)
@@ -207,20 +207,20 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
         def resampled(operands):
             base_state, log_w, pot = operands
             ancestors = draw_ancestors(resample_key, log_w)
-            mean = jnp.full_like(log_w, resampling.log_mean_exp(log_w))
+            mean = jnp.full_like(log_w, log_mean)
             base_state, pot = resample_in_place((base_state, pot), ancestors)
             return base_state, mean, pot
 
         new_base, log_weights, current = counting.cond(do_resample, resampled, lambda ops: ops,
                                                        (new_base, log_weights, current))
-        dead = resampling.all_impossible(log_weights)
+        dead = log_mean == -jnp.inf                     # resampling keeps the mean: the same after it
         new_state = SMCState(new_base, _store(log_weights), log_weights > -jnp.inf,
                              jax.tree.map(_store, current),
                              state.num_resamples + do_resample.astype(jnp.int32),
                              state.ever_all_impossible | dead,
                              state.invalid_rewards + jnp.sum(invalid, dtype=jnp.int32))
         step_info = {"ess": ess, "resampled": do_resample, "all_impossible": dead,
-                     "log_normalizer": resampling.log_mean_exp(log_weights), "base": info}
+                     "log_normalizer": log_mean, "base": info}
         return new_state, step_info
 
     def finalize(state):
