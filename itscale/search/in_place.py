@@ -17,8 +17,8 @@ copies pair up inside the block, so blocks never mix.
 Large leaves are copied in a loop of ``chunk`` rows per iteration, for ceil(m / chunk) iterations.
 Small leaves, whose rows cost less to gather than a loop iteration, are gathered whole with the
 permuted ancestors; a state of small leaves only (a low-dimensional diffusion state) is gathered with
-the ancestors as drawn, skipping the permutation. On a particle axis sharded over devices, each loop iteration moves its
-``chunk`` rows with one collective, instead of an all-gather of the whole state.
+the ancestors as drawn, skipping the permutation. On a particle axis sharded over devices, each loop
+iteration moves its ``chunk`` rows with one collective, instead of an all-gather of the whole state.
 """
 
 from __future__ import annotations
@@ -70,11 +70,14 @@ def in_place_moves(ancestors) -> InPlaceMoves:
     return InPlaceMoves(destinations, jnp.where(jnp.arange(n) < num_moved, sources, 0), num_moved)
 
 
-def in_place_ancestors(ancestors) -> jax.Array:
-    """Ancestors with the same offspring counts as ``ancestors``, a_i = i wherever c_i > 0."""
-    moves = in_place_moves(ancestors)
+def _ancestors_of(moves: InPlaceMoves) -> jax.Array:
     n = moves.destinations.shape[0]
     return jnp.arange(n, dtype=jnp.int32).at[moves.destinations].set(moves.sources, mode="drop")
+
+
+def in_place_ancestors(ancestors) -> jax.Array:
+    """Ancestors with the same offspring counts as ``ancestors``, a_i = i wherever c_i > 0."""
+    return _ancestors_of(in_place_moves(ancestors))
 
 
 def in_place_order(ancestors) -> jax.Array:
@@ -114,8 +117,7 @@ def resample_in_place(tree, ancestors, *, chunk: int = CHUNK):
     if not any(large):
         return gather_particles(tree, ancestors)
     moves = in_place_moves(ancestors)
-    if not all(large):
-        permuted = jnp.arange(n, dtype=jnp.int32).at[moves.destinations].set(moves.sources, mode="drop")
+    permuted = None if all(large) else _ancestors_of(moves)
     size = min(chunk, n)
     pad = -n % size
     destinations = jnp.concatenate([moves.destinations, jnp.full((pad,), n, jnp.int32)])
