@@ -108,15 +108,16 @@ def rows(quick: bool = False) -> list[dict]:
             out.append({"bench": "SMC / plain batched sampling (equal NFE)", "case": case, "value": ratio,
                         "unit": "x", "target": "<= 1.15x" if targeted else "",
                         "ok": ratio <= 1.15 if targeted else None,
-                        "note": f"plain {times['plain'] * 1e3:.2f} ms; SMC bookkeeping {per_step:.0f} us per step"})
+                        "note": f"plain {times['plain'] * 1e3:.2f} ms; SMC bookkeeping {per_step:.0f} us "
+                                "per step"})
             if bj is not None:
                 ratio = times["smc"] / times["blackjax"]
                 peer_per_step = (times["blackjax"] - times["plain"]) / STEPS * 1e6
                 out.append({"bench": "its.search.smc / blackjax.smc.base.step loop", "case": case,
                             "value": ratio, "unit": "x", "target": "<= 1.05x" if targeted else "",
                             "ok": ratio <= 1.05 if targeted else None,
-                            "note": f"blackjax {times['blackjax'] * 1e3:.2f} ms; its SMC bookkeeping {per_step:.0f} us "
-                                    f"per step, blackjax {peer_per_step:.0f} us"})
+                            "note": f"blackjax {times['blackjax'] * 1e3:.2f} ms; its SMC bookkeeping "
+                                    f"{per_step:.0f} us per step, blackjax {peer_per_step:.0f} us"})
     return out
 
 

@@ -22,7 +22,7 @@ from itscale.search.voting import NO_ANSWER, Vote, majority_vote, weighted_vote
 __all__ = [
     "NO_ANSWER", "RESAMPLERS", "BestOfNOutput", "BudgetSplit", "CoverageLaw", "SMCOutput", "SMCParams",
     "SMCState", "Slots", "Vote", "all_impossible", "apportion", "best_of_n", "ess", "fit_coverage_law",
-    "in_place_ancestors", "in_place_order", "log_mean_exp", "log_normalize", "majority_vote", "multinomial", "offspring_slots", "pass_at_k",
-    "potentials", "resample_in_place", "resampler", "resampling", "residual", "smc", "split_budget", "stratified", "systematic",
-    "weighted_vote",
+    "in_place_ancestors", "in_place_order", "log_mean_exp", "log_normalize", "majority_vote", "multinomial",
+    "offspring_slots", "pass_at_k", "potentials", "resample_in_place", "resampler", "resampling", "residual",
+    "smc", "split_budget", "stratified", "systematic", "weighted_vote",
 ]

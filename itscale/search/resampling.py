@@ -59,9 +59,7 @@ def log_mean_exp(log_weights) -> jax.Array:
 def ess(log_weights) -> jax.Array:
     """Effective sample size (Σ w)² / Σ w² = exp(2·logsumexp(log w) − logsumexp(2 log w)) in [1, N];
     0 when every weight is ``-inf`` (Kong, Liu & Wong 1994)."""
-    log_weights = _as_log_weights(log_weights)
-    value = jnp.exp(2.0 * logsumexp(log_weights, axis=-1) - logsumexp(2.0 * log_weights, axis=-1))
-    return jnp.where(all_impossible(log_weights), jnp.zeros_like(value), value)
+    return ess_and_log_mean(log_weights)[0]
 
 
 def ess_and_log_mean(log_weights) -> tuple[jax.Array, jax.Array]:

@@ -26,7 +26,7 @@ _resample = jax.jit(in_place.resample_in_place, static_argnames="chunk")
 
 @settings(max_examples=60, deadline=None)
 @given(_ancestors, st.booleans())
-def test_in_place_ancestors_keep_counts_and_survivors_and_order_permutes_the_slots_to_them(ancestors, presorted):
+def test_in_place_ancestors_keep_counts_and_survivors_and_order_maps_the_slots_to_them(ancestors, presorted):
     ancestors = np.sort(ancestors) if presorted else ancestors
     n = len(ancestors)
     counts = np.bincount(ancestors, minlength=n)
@@ -94,7 +94,7 @@ def test_no_resampling_event_writes_nothing_and_a_large_state_is_not_copied_in_a
     assert copies(lambda state, ancestors: state[ancestors]) != []     # the gather's copy into the carry
     assert copies(in_place.resample_in_place) == []
     out = jax.jit(loop, static_argnums=0)(in_place.resample_in_place, state, jax.random.key(1))
-    assert np.all(np.isin(np.asarray(out[:, 1]), np.asarray(state[:, 1])))   # rows are whole rows of the state
+    assert np.all(np.isin(np.asarray(out[:, 1]), np.asarray(state[:, 1])))   # whole rows of the state
 
 
 def test_bad_input_is_named():

@@ -19,8 +19,8 @@ whole KV cache (the token loop's stopping test at every token, the resampling ``
 step): all queries' particles take their reasoning step in one token loop over the batch × N rows
 (``step_rollout(..., group_size=N)``: the same noise and NFE as the per-query loops), the vmapped
 SMC step weights and resamples (row index, Generation) pairs, and the rows are then resampled once
-by the chosen ancestors, in place (:mod:`itscale.search.in_place`). Run with ``its.run(sampler, key, prompts, num_steps=num_steps)``,
-``prompts`` (batch, P) or ``(prompts, lengths)``.
+by the chosen ancestors, in place (:mod:`itscale.search.in_place`). Run with
+``its.run(sampler, key, prompts, num_steps=num_steps)``, ``prompts`` (batch, P) or ``(prompts, lengths)``.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ The engine behind step-level beam search (Snell et al. 2024, arXiv 2408.03314), 
    each live node its number of children for the next step (Σ over a group <= its slots); the
    children are laid out in the group's slots (``itscale.search.offspring_slots``), then reordered so
    that a node's first child takes the node's own slot: only the slots of nodes without children are
-   written (``itscale.search.in_place``); unused slots are dead. Groups are the ``group_width`` blocks of the width when ``independent_groups`` (DVTS
-   subtrees), else the whole width is one group (beam search, REBASE). At the last step every kept
+   written (``itscale.search.in_place``); unused slots are dead. Groups are the ``group_width``
+   blocks of the width when ``independent_groups`` (DVTS subtrees), else the whole width is one group
+   (beam search, REBASE). At the last step every kept
    node gets exactly one slot: the output is the kept set.
 
 Finished sequences (EOS or a full buffer) are masked, never dropped or double-counted: the rules
@@ -222,8 +223,8 @@ def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *,
         # Children of a row take its slot first, so only the slots of rows without children are written.
         order = in_place_order(rows)
         in_order = lambda a: a.reshape(-1)[order].reshape(batch, width)  # noqa: E731
-        new_state = TreeState(resample_in_place(expanded, rows[order]), in_order(slots.used), in_order(slots.rank),
-                              in_order(kept).astype(state.scores.dtype),
+        new_state = TreeState(resample_in_place(expanded, rows[order]), in_order(slots.used),
+                              in_order(slots.rank), in_order(kept).astype(state.scores.dtype),
                               state.invalid_rewards + jnp.sum(invalid & live, dtype=jnp.int32))
         info = {"num_live": jnp.sum(alive.reshape(batch, width), axis=1, dtype=jnp.int32),
                 "best_score": jnp.max(scores.reshape(batch, width), axis=1)}
