@@ -16,9 +16,11 @@ copies pair up inside the block, so blocks never mix.
 
 Large leaves are copied in a loop of ``chunk`` rows per iteration, for ceil(m / chunk) iterations.
 Small leaves, whose rows cost less to gather than a loop iteration, are gathered whole with the
-permuted ancestors; a state of small leaves only (a low-dimensional diffusion state) is gathered with
-the ancestors as drawn, skipping the permutation. On a particle axis sharded over devices, each loop
-iteration moves its ``chunk`` rows with one collective, instead of an all-gather of the whole state.
+permuted ancestors. Every leaf, large or small, ends in the same order, ``in_place_ancestors``, which
+is idempotent: resampling one part of a state and then the rest with the ancestors read off the first
+part (as ``token_smc`` does) keeps the parts aligned. On a particle axis sharded over devices, each
+loop iteration moves its ``chunk`` rows with one collective, instead of an all-gather of the whole
+state.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from itscale.core import checks
-from itscale.core.sharding import gather_particles
 from itscale.search.resampling import _fill_slots, _prefix
 
 CHUNK = 16
@@ -103,8 +104,7 @@ def _row_bytes(leaf) -> int:
 
 def resample_in_place(tree, ancestors, *, chunk: int = CHUNK):
     """``tree`` resampled with the offspring counts of ``ancestors``: ``leaf[in_place_ancestors(ancestors)]``
-    for every leaf, each leading with the particle axis. A tree of small leaves only is gathered with
-    ``ancestors`` as given (the same population, in the ancestors' order)."""
+    for every leaf, each leading with the particle axis."""
     ancestors = _check_ancestors(ancestors)
     chunk = checks.positive_int("chunk", chunk)
     n = ancestors.shape[0]
@@ -114,8 +114,6 @@ def resample_in_place(tree, ancestors, *, chunk: int = CHUNK):
             raise ValueError(f"every leaf must lead with the particle axis of size {n}, got a leaf of shape "
                              f"{jnp.shape(leaf)}")
     large = [_row_bytes(leaf) >= IN_PLACE_MIN_ROW_BYTES for leaf in leaves]
-    if not any(large):
-        return gather_particles(tree, ancestors)
     moves = in_place_moves(ancestors)
     permuted = None if all(large) else _ancestors_of(moves)
     size = min(chunk, n)
@@ -130,8 +128,9 @@ def resample_in_place(tree, ancestors, *, chunk: int = CHUNK):
         return [leaf.at[into].set(leaf.at[source].get(mode="promise_in_bounds"), mode="drop",
                                   unique_indices=True) for leaf in big]
 
-    big = lax.fori_loop(0, (moves.num_moved + size - 1) // size, copy_chunk,
-                        [leaf for leaf, is_large in zip(leaves, large) if is_large])
+    big = [leaf for leaf, is_large in zip(leaves, large) if is_large]
+    if big:
+        big = lax.fori_loop(0, (moves.num_moved + size - 1) // size, copy_chunk, big)
     big = iter(big)
     out = [next(big) if is_large else leaf.at[permuted].get(mode="promise_in_bounds")
            for leaf, is_large in zip(leaves, large)]

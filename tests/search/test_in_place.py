@@ -46,7 +46,7 @@ def test_in_place_ancestors_keep_counts_and_survivors_and_order_maps_the_slots_t
 
 @settings(max_examples=30, deadline=None)
 @given(_ancestors, st.sampled_from([1, 3, 16]))
-def test_resample_in_place_equals_the_permuted_gather_and_small_states_the_plain_one(ancestors, chunk):
+def test_resample_in_place_equals_the_permuted_gather_also_in_two_calls(ancestors, chunk):
     n = len(ancestors)
     rng = np.random.default_rng(n)
     tree = {"large": jnp.asarray(rng.normal(size=(n, 2, in_place.IN_PLACE_MIN_ROW_BYTES // 8)), jnp.float32),
@@ -56,8 +56,12 @@ def test_resample_in_place_equals_the_permuted_gather_and_small_states_the_plain
     permuted = np.asarray(_permuted(jnp.asarray(ancestors)))
     for name, leaf in tree.items():
         np.testing.assert_array_equal(out[name], np.asarray(leaf)[permuted], err_msg=name)
-    small = _resample(tree["small"], jnp.asarray(ancestors), chunk=chunk)      # small leaves only: as drawn
-    np.testing.assert_array_equal(small, np.asarray(tree["small"])[ancestors])
+    # In two calls -- the small leaves, then the large one with the ancestors read off the first --
+    # the parts stay aligned: the permuted order is idempotent (token_smc relies on it).
+    first = _resample({"index": jnp.arange(n), "small": tree["small"]}, jnp.asarray(ancestors), chunk=chunk)
+    np.testing.assert_array_equal(first["small"], np.asarray(tree["small"])[permuted])
+    second = _resample(tree["large"], first["index"], chunk=chunk)
+    np.testing.assert_array_equal(second, np.asarray(tree["large"])[np.asarray(first["index"])])
 
 
 def test_blocks_of_per_query_ancestors_stay_in_their_block():

@@ -115,3 +115,32 @@ def test_budget_below_one_particle_is_refused():
     with pytest.raises(ValueError, match="potential"):
         its.tokens.token_smc(MODEL.logits_fn, exact_twist, nfe_budget=BUDGET, num_steps=L, step_length=1,
                              potential="product")
+
+
+def test_kv_cache_rows_and_their_potentials_stay_aligned():
+    """With a transformer (KV-cache rows of 4 KiB, copied in place) the rollout rows and the SMC state
+    (potentials) are resampled in two calls. Resampling after every token, each particle's final
+    log-weight is, up to one constant, twist(its tokens) − twist(its tokens but the last one): a
+    particle paired with another's potential breaks that."""
+    from flax import nnx
+
+    from itscale.models.transformer import Transformer, logits_fn
+    from itscale.search import in_place
+
+    model = Transformer(8, width=64, depth=1, num_heads=2, max_len=16, rngs=nnx.Rngs(0))
+    assert model.init_cache(1).keys[0].nbytes >= in_place.IN_PLACE_MIN_ROW_BYTES
+    steps, n, prompt = 6, 64, jnp.array([[1, 2, 3]])
+
+    def twist(generation):
+        return 0.3 * (jnp.sum(generation.tokens[:, prompt.shape[1]:], axis=-1) % 7)
+
+    sampler = its.tokens.token_smc(logits_fn(model), twist, nfe_budget=prompt.shape[1] + n * steps,
+                                   num_steps=steps, step_length=1, ess_threshold=1.0,
+                                   init_cache=model.init_cache, max_len=16)
+    out = its.run(sampler, jax.random.key(0), prompt, num_steps=steps).output
+    assert int(out.smc.num_resamples[0]) == steps - 1
+    new = np.asarray(out.smc.particles.tokens)[0, :, prompt.shape[1]:]
+    last = 0.3 * (new.sum(-1) % 7)
+    before = 0.3 * (new[:, :-1].sum(-1) % 7)
+    offset = np.asarray(out.smc.log_weights)[0] - (last - before)
+    np.testing.assert_allclose(offset, offset[0], atol=1e-5)
