@@ -104,11 +104,11 @@ _EIGHT_DEVICES = textwrap.dedent("""
         np.testing.assert_allclose(jax.tree.leaves(one.output)[0], jax.tree.leaves(many.output)[0], rtol=1e-5)
         assert int(many.stats.nonfinite) == 0 and int(many.stats.first_nonfinite_step) == -1
 
-    # SMC over a token rollout resamples the KV-cache rows (4 KiB each) in place on the split axis:
+    # SMC over a token rollout resamples the KV-cache rows (5 KiB each) in place on the split axis:
     # the same particles as on one device.
     from itscale.search import in_place
-    lm = Transformer(64, width=64, depth=1, num_heads=2, max_len=16, rngs=nnx.Rngs(0))
-    assert lm.init_cache(1).keys[0].nbytes >= in_place.IN_PLACE_MIN_ROW_BYTES
+    lm = Transformer(64, width=128, depth=1, num_heads=2, max_len=16, rngs=nnx.Rngs(0))
+    assert lm.init_cache(1, 4 + 6).keys[0].nbytes >= in_place.IN_PLACE_MIN_ROW_BYTES  # prompt + new tokens
     stepwise = its.tokens.rollout(logits_fn(lm), init_cache=lm.init_cache, max_len=16, noise="step")
     steered = its.search.smc(stepwise, lambda g: (g.tokens[:, -1] % 3 == 0) * 1.0, num_particles=N,
                              ess_threshold=1.0)

@@ -118,7 +118,7 @@ def test_budget_below_one_particle_is_refused():
 
 
 def test_kv_cache_rows_and_their_potentials_stay_aligned():
-    """With a transformer (KV-cache rows of 4 KiB, copied in place) the rollout rows and the SMC state
+    """With a transformer (KV-cache rows over 4 KiB, copied in place) the rollout rows and the SMC state
     (potentials) are resampled in two calls. Resampling after every token, each particle's final
     log-weight is, up to one constant, twist(its tokens) − twist(its tokens but the last one): a
     particle paired with another's potential breaks that."""
@@ -127,9 +127,10 @@ def test_kv_cache_rows_and_their_potentials_stay_aligned():
     from itscale.models.transformer import Transformer, logits_fn
     from itscale.search import in_place
 
-    model = Transformer(8, width=64, depth=1, num_heads=2, max_len=16, rngs=nnx.Rngs(0))
-    assert model.init_cache(1).keys[0].nbytes >= in_place.IN_PLACE_MIN_ROW_BYTES
+    model = Transformer(8, width=128, depth=1, num_heads=2, max_len=16, rngs=nnx.Rngs(0))
     steps, n, prompt = 6, 64, jnp.array([[1, 2, 3]])
+    # the rollout's cache holds prompt + new tokens: its rows must be large enough to be copied in place
+    assert model.init_cache(1, prompt.shape[1] + steps).keys[0].nbytes >= in_place.IN_PLACE_MIN_ROW_BYTES
 
     def twist(generation):
         return 0.3 * (jnp.sum(generation.tokens[:, prompt.shape[1]:], axis=-1) % 7)
