@@ -17,8 +17,8 @@ The engine behind step-level beam search (Snell et al. 2024, arXiv 2408.03314), 
    that a node's first child takes the node's own slot: only the slots of nodes without children are
    written (``itscale.search.in_place``); unused slots are dead. Groups are the ``group_width``
    blocks of the width when ``independent_groups`` (DVTS subtrees), else the whole width is one group
-   (beam search, REBASE). At the last step every kept
-   node gets exactly one slot: the output is the kept set.
+   (beam search, REBASE). At the last step every kept node gets exactly one slot: the output is the
+   kept set.
 
 Finished sequences (EOS or a full buffer) are masked, never dropped or double-counted: the rules
 give a finished node at most one slot (a copy would be an identical, already complete sequence), and
