@@ -16,7 +16,7 @@ import numpy as np
 
 from itscale.core import checks, counting
 from itscale.core.budget import budget_scope
-from itscale.core.sampler import Sampler, StepContext
+from itscale.core.sampler import Sampler, StepContext, validate
 
 _INIT_STREAM = 0x7FFFFFFF  # fold-in constant for a phase's init key, distinct from any step index
 
@@ -74,4 +74,9 @@ def chain(*phases: tuple[Sampler, int]) -> Sampler:
     def finalize(states):
         return samplers[-1].finalize(states[-1])
 
-    return Sampler(init, step, finalize, tuple(s.params for s in samplers))
+    def check(x, params):
+        for i, sampler in enumerate(samplers):
+            validate(sampler, x if i == 0 else None, params[i])
+
+    return Sampler(init, step, finalize, tuple(s.params for s in samplers), prior=samplers[0].prior,
+                   validate=check)

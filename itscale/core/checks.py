@@ -55,18 +55,24 @@ def int_array(name: str, value: Any, *, ndim: int | None = None) -> jax.Array:
 
 
 def model_output(name: str, out: Any, like: Any) -> None:
-    """Check that a model function's output has the shape and dtype of the state it updates.
+    """Check that a model function's output is one array with the shape and dtype of the state it updates.
 
     Shapes are static under ``jit``, so this check runs at trace time, before any compute.
     """
+    if not isinstance(out, (jax.Array, np.ndarray)):
+        raise TypeError(f"{name} must return one array of the state's shape {jnp.shape(like)} and dtype "
+                        f"{jnp.result_type(like)}, got a {type(out).__name__}; a model with extra outputs "
+                        f"(a tuple, a dict) is passed as lambda x, t: fn(x, t)[0]")
     out_shape, like_shape = jnp.shape(out), jnp.shape(like)
     if out_shape != like_shape:
         raise ValueError(f"{name} returned shape {out_shape}, but the state it updates has shape "
                          f"{like_shape}; the model function must map x -> array of the same shape")
     out_dtype, like_dtype = jnp.result_type(out), jnp.result_type(like)
     if out_dtype != like_dtype:
-        raise TypeError(f"{name} returned dtype {out_dtype}, but the state has dtype {like_dtype}; "
-                        f"cast inside the model function or build the state in {out_dtype}")
+        kind = "floating values" if jnp.issubdtype(like_dtype, jnp.floating) else "values"
+        raise TypeError(f"{name} returned dtype {out_dtype}, but the state has dtype {like_dtype}; the model "
+                        f"function must return {kind} of the state's dtype {like_dtype} (cast inside it, "
+                        f"e.g. out.astype(x.dtype))")
 
 
 def same_structure(name: str, value: Any, reference: Any) -> None:
@@ -79,3 +85,31 @@ def same_structure(name: str, value: Any, reference: Any) -> None:
         if np.shape(a) != np.shape(b):
             raise ValueError(f"{name}{jax.tree_util.keystr(path[0])} must have shape {np.shape(b)}, "
                              f"got {np.shape(a)}")
+
+
+def concrete(value: Any) -> np.ndarray | None:
+    """``value`` as a host array when it is concrete, None when it is traced (inside ``jit``/``vmap``)."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
+        return None
+    return np.asarray(value)
+
+
+def param_ranges(**ranges: tuple[float, float]):
+    """A ``Sampler.validate``: each named hyper-parameter, when concrete, lies in its closed range
+    ``(low, high)``.
+
+    The returned ``check(x, params)`` ignores ``x``, reads entries of a dict or fields of a NamedTuple by
+    name and raises ``ValueError`` naming ``params[name]`` and the accepted range; missing entries (an
+    optional stage that was not built) are skipped.
+    """
+
+    def check(x, params) -> None:
+        for name, (low, high) in ranges.items():
+            value = params.get(name) if isinstance(params, dict) else getattr(params, name, None)
+            host = None if value is None else concrete(value)
+            if host is None:
+                continue
+            if np.isnan(host).any() or (host < low).any() or (host > high).any():
+                raise ValueError(f"params[{name!r}] must lie in [{low}, {high}], got {host.tolist()}")
+
+    return check

@@ -18,6 +18,10 @@ step would be miscounted; it is detected (the JAX trace differs from the ledger'
 function is allowed and counts the forward evaluation once.
 
 Outside any ledger (plain eager use) counted functions behave exactly like the wrapped function.
+
+Kinds: ``"nfe"`` (network evaluations) and ``"verifier"`` (reward / verifier calls). Counts are :func:`count_dtype`
+integers: int64 when ``jax_enable_x64`` is on, int32 otherwise; a static cost that does not fit
+raises ``OverflowError``, and ``its.run`` carries its totals across steps without wrapping.
 """
 
 from __future__ import annotations
@@ -67,9 +71,27 @@ class Ledger:
         self.entries[kind].append(cost)
 
     def totals(self) -> dict[str, jax.Array]:
-        """Sum of costs per kind, as int32 arrays (zero for kinds never called)."""
-        return {kind: sum((jnp.asarray(c, jnp.int32) for c in costs), jnp.zeros((), jnp.int32))
-                for kind, costs in self.entries.items()}
+        """Sum of costs per kind, as :func:`count_dtype` arrays (zero for kinds never called)."""
+        return {kind: sum((as_count(c) for c in costs), zero_count()) for kind, costs in self.entries.items()}
+
+
+def count_dtype():
+    """Integer dtype of counts: int64 with ``jax_enable_x64``, else int32."""
+    return jnp.dtype(jnp.int64) if jax.config.jax_enable_x64 else jnp.dtype(jnp.int32)
+
+
+def zero_count() -> jax.Array:
+    return jnp.zeros((), count_dtype())
+
+
+def as_count(cost) -> jax.Array:
+    """A cost as a count; a static cost beyond the count dtype raises ``OverflowError`` (never wraps)."""
+    dtype = count_dtype()
+    if isinstance(cost, int) and not 0 <= cost <= jnp.iinfo(dtype).max:
+        raise OverflowError(f"a single model call costs {cost} evaluations, beyond the {dtype} counters "
+                            f"(max {jnp.iinfo(dtype).max}); enable jax_enable_x64 for 64-bit counts or split "
+                            "the batch")
+    return jnp.asarray(cost).astype(dtype)
 
 
 _state = threading.local()
@@ -187,7 +209,7 @@ def scan(f: Callable, init, xs=None, length: int | None = None, **kwargs):
         (state, y), counts = body(state, x)
         return (state, jax.tree.map(jnp.add, total, counts)), y
 
-    zeros = {k: jnp.zeros((), jnp.int32) for k in KINDS}
+    zeros = {k: zero_count() for k in KINDS}
     (final, total), ys = lax.scan(counting_body, (init, zeros), xs, length=length, **kwargs)
     record(total)
     return final, ys
@@ -202,7 +224,7 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init_val):
         val, counts = body(val)
         return val, jax.tree.map(jnp.add, total, counts)
 
-    zeros = {k: jnp.zeros((), jnp.int32) for k in KINDS}
+    zeros = {k: zero_count() for k in KINDS}
     final, total = lax.while_loop(lambda c: cond_fun(c[0]), counting_body, (init_val, zeros))
     record(total)
     return final

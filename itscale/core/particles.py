@@ -32,4 +32,6 @@ def particles(sampler: Sampler, num_particles: int) -> Sampler:
         return counting.vmap(one)(split_per_particle(key, n), state)
 
     watch = None if sampler.watch is None else jax.vmap(sampler.watch)
-    return Sampler(init, step, counting.vmap(sampler.finalize), sampler.params, watch)
+    prior = None if sampler.prior is None else (
+        lambda key, x: jax.vmap(sampler.prior)(split_per_particle(key, n), x))
+    return Sampler(init, step, counting.vmap(sampler.finalize), sampler.params, watch, prior, sampler.validate)

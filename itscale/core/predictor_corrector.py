@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 
 from itscale.core import checks, counting
-from itscale.core.sampler import Sampler
+from itscale.core.sampler import Sampler, validate
 
 
 def predictor_corrector(predictor: Sampler, corrector: Sampler, *, corrector_steps: int = 1) -> Sampler:
@@ -34,4 +34,9 @@ def predictor_corrector(predictor: Sampler, corrector: Sampler, *, corrector_ste
         state, corrector_info = counting.scan(correct, state, jax.numpy.arange(k))
         return state, (predictor_info, jax.tree.map(lambda a: a[-1], corrector_info))
 
-    return Sampler(init, step, predictor.finalize, (predictor.params, corrector.params))
+    def check(x, params):
+        validate(predictor, x, params[0])
+        validate(corrector, x, params[1])
+
+    return Sampler(init, step, predictor.finalize, (predictor.params, corrector.params), prior=predictor.prior,
+                   validate=check)

@@ -21,7 +21,10 @@ from jax import lax
 from itscale.core import checks, counting
 from itscale.core.budget import budget_scope
 from itscale.core.keys import as_key, step_key
-from itscale.core.sampler import Sampler, StepContext, watched
+from itscale.core.sampler import Sampler, StepContext, validate, watched
+
+MAX_STEPS = 2 ** 31 - 2
+"""Largest ``num_steps``: step indices are int32."""
 
 
 class SaveAt(NamedTuple):
@@ -50,6 +53,10 @@ class Stats(NamedTuple):
     nonfinite: number of non-finite floating values seen in the state after the steps (0: clean run),
         in the part the sampler watches (``Sampler.watch``; all of the state by default).
     first_nonfinite_step: first step (0-based) after which the state held a non-finite value, or -1.
+    count_overflow: a count passed 2**31 - 1 with ``jax_enable_x64`` off. Counts are carried exactly
+        across steps (int64 with x64; two 31-bit limbs without) and are never wrapped: with x64 on
+        ``nfe`` / ``verifier_calls`` are exact int64; without, a count that does not fit int32 is
+        reported as -1 together with this flag (``nfe_per_sample`` stays right).
     """
 
     nfe: jax.Array
@@ -58,6 +65,7 @@ class Stats(NamedTuple):
     steps: jax.Array
     nonfinite: jax.Array
     first_nonfinite_step: jax.Array
+    count_overflow: jax.Array
 
 
 class Result(NamedTuple):
@@ -68,6 +76,40 @@ class Result(NamedTuple):
     trace: Trace | None
 
 
+_LIMB = 31
+
+
+class _Count(NamedTuple):
+    """An exact count ``high * 2**31 + low`` (0 <= low < 2**31) of the loop. Per-step increments are
+    :func:`itscale.core.counting.count_dtype` integers; a negative one (an int32 sum that wrapped inside
+    a step) sets ``wrapped``."""
+
+    high: jax.Array
+    low: jax.Array
+    wrapped: jax.Array
+
+    @classmethod
+    def zero(cls) -> "_Count":
+        zero = counting.zero_count()
+        return cls(zero, zero, jnp.zeros((), bool))
+
+    def add(self, increment) -> "_Count":
+        increment = jnp.asarray(increment, self.low.dtype)
+        wide = jnp.uint64 if self.low.dtype == jnp.int64 else jnp.uint32   # low + increment fits
+        total = self.low.astype(wide) + jnp.maximum(increment, 0).astype(wide)
+        return _Count(self.high + (total >> _LIMB).astype(self.high.dtype),
+                      (total & ((1 << _LIMB) - 1)).astype(self.low.dtype), self.wrapped | (increment < 0))
+
+    def value(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(count, as_float, overflow)``: the count as a count-dtype integer (-1 if it does not fit),
+        as a float, and whether it did not fit."""
+        as_float = self.high.astype(float) * float(2 ** _LIMB) + self.low.astype(float)
+        if self.low.dtype == jnp.int64:
+            return (self.high << _LIMB) + self.low, as_float, self.wrapped
+        overflow = self.wrapped | (self.high > 0)
+        return jnp.where(overflow, -1, self.low), as_float, overflow
+
+
 class _Tally(NamedTuple):
     """Counts of the loop. ``nonfinite`` and ``first_nonfinite_step`` are kept per watched floating
     leaf and per index of its leading axis (a scalar leaf: one entry), and summed / minimised only
@@ -75,20 +117,17 @@ class _Tally(NamedTuple):
     its sample axis needs no collective per step (a per-step global reduction made the 2-device
     Euler loop at batch 64 slower than one device)."""
 
-    nfe: jax.Array
-    verifier_calls: jax.Array
+    counts: dict[str, _Count]
     nonfinite: tuple[jax.Array, ...]
     first_nonfinite_step: tuple[jax.Array, ...]
 
     @classmethod
     def zeros(cls, watched_state) -> "_Tally":
-        zero = jnp.zeros((), jnp.int32)
         rows = [jnp.zeros(jnp.shape(leaf)[:1], jnp.int32) for leaf in _floating_leaves(watched_state)]
-        return cls(zero, zero, tuple(rows), tuple(row - 1 for row in rows))
+        return cls({kind: _Count.zero() for kind in counting.KINDS}, tuple(rows), tuple(row - 1 for row in rows))
 
     def add_counts(self, counts: dict[str, jax.Array]) -> "_Tally":
-        return self._replace(nfe=self.nfe + counts["nfe"],
-                             verifier_calls=self.verifier_calls + counts["verifier"])
+        return self._replace(counts={kind: c.add(counts[kind]) for kind, c in self.counts.items()})
 
     def add_state(self, state, step) -> "_Tally":
         bad = nonfinite_per_row(state)
@@ -143,22 +182,66 @@ def _as_saveat(trace) -> SaveAt | None:
 
 
 def _canonical_params(sampler: Sampler, params):
-    """User ``params`` checked against the sampler's defaults and cast to their dtypes (no retrace)."""
+    """User ``params`` checked against the sampler's defaults and cast to their dtypes (no retrace).
+
+    A default written as a Python ``int`` or ``float`` is a real-valued hyper-parameter: it is carried
+    in jax's default float dtype, so ``lam=1`` and ``lam=0.5`` mean what they say. A bool default stays
+    bool; an array default (numpy or jax) fixes its own dtype, the way to declare an integer parameter.
+    A value that the dtype cannot represent raises naming the parameter.
+    """
     default = sampler.params
+    if default is None:
+        if jax.tree.leaves(params):
+            raise ValueError(f"params: this sampler takes no hyper-parameters (its default params are None), "
+                             f"got {params!r}")
+        return None
     if params is None:
         params = default
-    elif default is not None:
+    else:
         checks.same_structure("params", params, default)
-        return jax.tree.map(lambda p, d: _as_dtype(p, jnp.result_type(d)), params, default)
-    return jax.tree.map(lambda p: _as_dtype(p, jnp.result_type(p)), params)
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(default)[0]]
+    values, treedef = jax.tree.flatten(params)
+    return jax.tree.unflatten(treedef, [_as_dtype(f"params{path}", value, _param_dtype(d))
+                                        for path, value, d in zip(paths, values, jax.tree.leaves(default))])
 
 
-def _as_dtype(value, dtype):
-    """``value`` as a strongly typed array of ``dtype``; host values stay on the host (a numpy array
-    costs ~1 us here, a device array ~50 us; jit transfers it with the call)."""
+def _param_dtype(default):
+    if isinstance(default, bool):
+        return jnp.dtype(bool)
+    if isinstance(default, (int, float)):
+        return jnp.dtype(jax.dtypes.canonicalize_dtype(float))
+    return jnp.result_type(default)
+
+
+def _as_dtype(name: str, value, dtype):
+    """``value`` as a strongly typed array of ``dtype``, or an error naming the parameter when the dtype
+    cannot represent it (a string, a fraction for an integer, a float beyond the float range). Host
+    values stay on the host (a numpy array costs ~1 us here, a device array ~50 us; jit transfers it
+    with the call)."""
+    kind = jnp.dtype(dtype).kind
     if isinstance(value, jax.Array):
-        return value.astype(dtype)
-    return np.asarray(value, dtype)
+        if jnp.issubdtype(value.dtype, jnp.inexact) and kind in "biu":
+            raise TypeError(f"{name} must be {dtype} (its default's type), got a {value.dtype} array")
+        host = checks.concrete(value)
+        if host is None:
+            return value.astype(dtype)
+    else:
+        try:
+            host = np.asarray(value)
+        except Exception as error:  # noqa: BLE001 - a value numpy cannot read at all
+            raise TypeError(f"{name} must be a number or array of {dtype}, got {value!r}") from error
+    if host.dtype.kind not in "biufc":
+        raise TypeError(f"{name} must be a number or array of {dtype}, got {value!r} of type "
+                        f"{type(value).__name__}")
+    if host.dtype.kind == "c" and kind != "c":
+        raise TypeError(f"{name} must be real ({dtype}), got the complex value {value!r}")
+    with np.errstate(all="ignore"):
+        cast = host.astype(dtype)
+    if kind in "biu" and not np.array_equal(cast.astype(host.dtype), host):
+        raise ValueError(f"{name} must hold {dtype} values (its default's type), got {host.tolist()}")
+    if kind == "f" and (np.isfinite(host) & ~np.isfinite(cast)).any():
+        raise ValueError(f"{name} = {host.tolist()} overflows {dtype}")
+    return cast if not isinstance(value, jax.Array) else value.astype(dtype)
 
 
 def _num_samples(x) -> int:
@@ -185,6 +268,8 @@ def run(sampler: Sampler, key, x, *, num_steps: int, params=None, trace=None) ->
     if not isinstance(sampler, Sampler):
         raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
     num_steps = checks.positive_int("num_steps", num_steps)
+    if num_steps > MAX_STEPS:
+        raise ValueError(f"num_steps must be at most {MAX_STEPS} (steps are indexed by int32), got {num_steps}")
     key = as_key("key", key)
     save = _as_saveat(trace)
     if save is not None and save.every > num_steps:
@@ -192,6 +277,7 @@ def run(sampler: Sampler, key, x, *, num_steps: int, params=None, trace=None) ->
                          "use every <= num_steps")
     x = jax.tree.map(lambda leaf: leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf), x)
     params = _canonical_params(sampler, params)
+    validate(sampler, x, params)
     return _run(sampler._replace(params=None), num_steps, save, key, x, params)
 
 
@@ -245,10 +331,13 @@ def _loop(sampler: Sampler, num_steps: int, save: SaveAt | None, key, x, params)
         output = sampler.finalize(state)
     tally = tally.add_counts(led.totals())
     nonfinite, first_nonfinite_step = tally.totals()
-    stats = Stats(nfe=tally.nfe,
-                  nfe_per_sample=tally.nfe / _num_samples(x),
-                  verifier_calls=tally.verifier_calls,
+    (nfe, nfe_float, nfe_overflow), (calls, _, calls_overflow) = (tally.counts[kind].value()
+                                                                  for kind in counting.KINDS)
+    stats = Stats(nfe=nfe,
+                  nfe_per_sample=nfe_float / _num_samples(x),
+                  verifier_calls=calls,
                   steps=jnp.asarray(num_steps, jnp.int32),
                   nonfinite=nonfinite,
-                  first_nonfinite_step=first_nonfinite_step)
+                  first_nonfinite_step=first_nonfinite_step,
+                  count_overflow=nfe_overflow | calls_overflow)
     return Result(output, stats, recorded)

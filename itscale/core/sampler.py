@@ -21,6 +21,21 @@ a NaN in the cache reaches the logits of the same forward, and the check no long
 cache every step. A transform of such a sampler passes a watch on (``particles``, ``smc``, the token
 searches): one that watches all of a KV cache re-reads it every step (in the step-level searches that
 also cost an extra copy of every gathered cache: beam search went from 1.38x to 1.12x plain sampling).
+
+The optional sixth field ``prior(key, x) -> x'`` says what a *query* is. For a refinement sampler the
+query is the shape (and any conditioning) of ``x``, and the values of ``x`` are one draw of initial
+noise from the path's prior; ``prior`` draws another, independent one of the same shape and dtype.
+Width transforms (best-of-N, noise search) call it so that every candidate of a query starts from
+its own noise: a deterministic sampler (an ODE) repeated on the same noise would give N copies of
+one sample. ``None`` (token samplers): ``x`` is the query itself (the prompts), and candidates differ
+through the keys of their steps.
+
+The optional seventh field ``validate(x, params)`` checks *values* that only a concrete input shows:
+hyper-parameter ranges (a negative temperature, an ESS threshold above 1) and input domains (token ids
+outside the vocabulary). ``its.run`` calls it before tracing with the user's ``x`` and ``params``
+(``x`` may be None when a combinator checks parameters only); it must raise ``ValueError`` naming the
+argument, skip traced values (:func:`itscale.core.checks.concrete`), and not depend on leading axes
+(combinators pass ``x`` with extra particle axes).
 """
 
 from __future__ import annotations
@@ -39,13 +54,16 @@ class StepContext(NamedTuple):
 
 
 class Sampler(NamedTuple):
-    """``Sampler(init, step, finalize, params=None, watch=None)``: see the module docstring."""
+    """``Sampler(init, step, finalize, params=None, watch=None, prior=None, validate=None)``: see the
+    module docstring."""
 
     init: Callable[..., Any]
     step: Callable[..., Any]
     finalize: Callable[[Any], Any]
     params: Any = None
     watch: Callable[[Any], Any] | None = None
+    prior: Callable[[Any, Any], Any] | None = None
+    validate: Callable[[Any, Any], None] | None = None
 
 
 def watched(sampler: Sampler, state):
@@ -60,6 +78,12 @@ def watch_within(watch: Callable[[Any], Any] | None, field: str) -> Callable[[An
     if watch is None:
         return None
     return lambda state: state._replace(**{field: watch(getattr(state, field))})
+
+
+def validate(sampler: Sampler, x, params) -> None:
+    """Run ``sampler.validate(x, params)`` if the sampler has one."""
+    if sampler.validate is not None:
+        sampler.validate(x, params)
 
 
 def identity_finalize(state):
