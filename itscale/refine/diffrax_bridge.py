@@ -51,9 +51,12 @@ from itscale.core import checks, counting
 from itscale.core.counting import counted
 from itscale.core.sampler import Sampler
 from itscale.paths.path import Path
-from itscale.refine.grid_times import grid_times
+from itscale.refine.grid_times import grid_times, round_like
+from itscale.refine.prior import noise_prior
 from itscale.refine.sde import check_noise
 from itscale.refine.solvers import Clock, Model
+
+_check_tolerances = checks.param_ranges(rtol=(0.0, float("inf")), atol=(0.0, float("inf")))
 
 
 class EvaluationCounts(NamedTuple):
@@ -115,15 +118,17 @@ def check_solver(solver) -> EvaluationCounts:
                          f"diffrax.ODETerm ({type(error).__name__}: {error})") from error
 
 
-def _vector_field(velocity: Callable, sign: float = 1.0) -> diffrax.ODETerm:
-    """``dy/dt = sign * u(y, sign * t)`` for diffrax; model calls made in diffrax's loops go to a
+def _vector_field(velocity: Callable, state_dtype, sign: float = 1.0) -> diffrax.ODETerm:
+    """``dy/dt = sign * u(y, sign * t)`` for diffrax, which integrates y in the times' dtype (at least
+    float32); the model sees y in the state's dtype. Model calls made in diffrax's loops go to a
     discarded ledger (charged separately from the measured evaluation counts)."""
 
     def vf(t, y, args):
+        x = y.astype(state_dtype)
         with counting.ledger():
-            u = velocity(y, sign * t)
-        checks.model_output("velocity_fn", u, y)
-        return sign * u
+            u = velocity(x, sign * t)
+        checks.model_output("velocity_fn", u, x)
+        return (sign * u).astype(y.dtype)
 
     return diffrax.ODETerm(vf)
 
@@ -152,7 +157,6 @@ def diffrax_ode(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = N
     if path is not None and not isinstance(path, Path):
         raise TypeError(f"path must be an itscale.paths.Path or None, got {path!r}")
     model = Model(counted(velocity_fn), path)
-    term = _vector_field(model.velocity_fn)
     times_rule = grid_times(grid, path)
     per_step = costs.solver_init + costs.first_step
 
@@ -161,17 +165,17 @@ def diffrax_ode(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = N
         return DiffraxState(x)
 
     def step(key, state, ctx, params):
-        x = state.x
-        clock = Clock(times_rule(ctx.num_steps, x.dtype), ctx.step)
+        clock = Clock(times_rule(ctx.num_steps, state.x.dtype), ctx.step)
         t0, t1 = clock.t(), clock.t(1)
+        term, x = _vector_field(model.velocity_fn, state.x.dtype), state.x.astype(t0.dtype)
         solver_state = solver.init(term, t0, t1, x, None)
         x_next, _, dense_info, _, _ = solver.step(term, t0, t1, x, None, solver_state, False)
         counting.record({"nfe": per_step * counting.batch_size(x)})
         u = _first_velocity(dense_info, x, x_next, t1 - t0)
         info = {} if u is None else model.info(u, x, t0)
-        return DiffraxState(x_next), info
+        return round_like(key, DiffraxState(x_next), state), info
 
-    return Sampler(init, step, lambda state: state.x, None)
+    return Sampler(init, step, lambda state: state.x, None, prior=noise_prior(path, grid))
 
 
 class _Solve(NamedTuple):
@@ -236,7 +240,7 @@ def adaptive(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = None
                         f"{type(velocity_fn).__name__}")
     for name, tol in (("rtol", rtol), ("atol", atol)):
         checks.in_range(name, tol, 0.0, float("inf"), inclusive=False)
-    term = _vector_field(counted(velocity_fn), sign=-1.0)
+    velocity = counted(velocity_fn)
     times_rule = grid_times(grid, path)
 
     def init(key, x, params):
@@ -244,8 +248,8 @@ def adaptive(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = None
         return DiffraxState(x)
 
     def step(key, state, ctx, params):
-        x = state.x
-        clock = Clock(times_rule(ctx.num_steps, x.dtype), ctx.step)
+        clock = Clock(times_rule(ctx.num_steps, state.x.dtype), ctx.step)
+        term, x = _vector_field(velocity, state.x.dtype, sign=-1.0), state.x.astype(clock.times.dtype)
         controller = diffrax.PIDController(rtol=params["rtol"], atol=params["atol"], pcoeff=params["pcoeff"],
                                            icoeff=params["icoeff"], dcoeff=params["dcoeff"])
         end = _adaptive_solve(solver, costs, term, controller, -clock.t(), -clock.t(1), x, max_steps,
@@ -255,7 +259,8 @@ def adaptive(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = None
         x_next = jnp.where(successful, end.y, jnp.full_like(end.y, jnp.nan))
         info = {"evaluations": end.evaluations, "accepted_steps": end.accepted,
                 "rejected_steps": end.rejected, "successful": successful}
-        return DiffraxState(x_next), info
+        return round_like(key, DiffraxState(x_next), state), info
 
     return Sampler(init, step, lambda state: state.x,
-                   {"rtol": float(rtol), "atol": float(atol), "pcoeff": 0.0, "icoeff": 1.0, "dcoeff": 0.0})
+                   {"rtol": float(rtol), "atol": float(atol), "pcoeff": 0.0, "icoeff": 1.0, "dcoeff": 0.0},
+                   prior=noise_prior(path, grid), validate=_check_tolerances)

@@ -25,15 +25,18 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-from itscale.core import counting
+from itscale.core import checks, counting
 from itscale.core.sampler import Sampler
 from itscale.paths import conversions
 from itscale.paths.path import Path
 from itscale.refine.flow_to_sde import counted_velocity
 from itscale.refine.gaussian_transition import gaussian_move
-from itscale.refine.grid_times import grid_times
+from itscale.refine.grid_times import grid_times, round_like
+from itscale.refine.prior import noise_prior
 from itscale.refine.sde import SDEState, check_noise
 from itscale.refine.solvers import Clock, Model
+
+_check_params = checks.param_ranges(snr=(0.0, float("inf")))
 
 
 def _mean_noise_norm(dims: int) -> float:
@@ -49,15 +52,15 @@ def langevin(model_fn: Callable, path: Path, *, grid="uniform", prediction: str 
     def move(operands):
         key, x, t, snr = operands
         u = model.velocity(x, t)
-        score = conversions.score_from_velocity(path, u, x, t)
+        score = conversions.score_from_velocity(path, u, x, t).astype(t.dtype)
         score_norm = jnp.mean(jnp.sqrt(jnp.sum(score**2, axis=tuple(range(1, x.ndim)))))
         step_size = 2.0 * (snr * _mean_noise_norm(math.prod(x.shape[1:])) / score_norm) ** 2
         x_new, log_prob = gaussian_move(key, x + step_size * score, jnp.sqrt(2.0 * step_size))
         return x_new, {"x0_hat": model.x0(u, x, t), "log_prob": log_prob}
 
     def skip(operands):
-        _, x, _, _ = operands
-        return x, {"x0_hat": x, "log_prob": jnp.zeros(x.shape[:1], x.dtype)}
+        _, x, t, _ = operands
+        return x.astype(t.dtype), {"x0_hat": x, "log_prob": jnp.zeros(x.shape[:1], t.dtype)}
 
     def init(key, x, params):
         check_noise("x", x)
@@ -66,8 +69,9 @@ def langevin(model_fn: Callable, path: Path, *, grid="uniform", prediction: str 
     def step(key, state, ctx, params):
         x = state.x
         t = Clock(times_rule(ctx.num_steps, x.dtype), ctx.step).t(1)
-        snr = jnp.asarray(params["snr"], x.dtype)
+        snr = jnp.asarray(params["snr"], t.dtype)
         x, info = counting.cond(path.sigma(t) > 0, move, skip, (key, x, t, snr))
-        return state._replace(x=x), info
+        return round_like(key, state._replace(x=x), state), info
 
-    return Sampler(init, step, lambda state: state.x, {"snr": 0.16})
+    return Sampler(init, step, lambda state: state.x, {"snr": 0.16}, prior=noise_prior(path, grid),
+                   validate=_check_params)

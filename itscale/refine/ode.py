@@ -29,10 +29,16 @@ path) their last step is the denoising x = x0_hat, which caps them at order 2; a
 are all finite and small (``log_snr``) shows their declared order (``experiments/convergence.py``).
 DEIS integrates eps against d(sigma / alpha) with eps extrapolated in t: it needs eps smooth in t (on the
 VP path near t = 0, where sigma ~ sqrt(t), use the ``log_snr`` grid), and ``deis_3`` is order 2 on a grid
-starting at alpha = 0 (see :mod:`solvers.deis`).
+starting at alpha = 0 (see :mod:`solvers.deis`). A grid ending where the path's velocity is singular
+(t = 0 on ``vp`` and ``vp_cosine``, where sigma_dot is infinite) makes the last step of the Runge--Kutta
+solvers the denoising x = x0_hat from its first model call (1 NFE: their later stages would call the model
+at the singular time); without ``path`` the singularity is unknown and the step unchanged.
 
-State: a NamedTuple whose leaves are all shaped like ``x`` (batch leading), with field ``x``; multistep
-solvers also keep their earlier model outputs there (the first step uses a lower order). ``info``:
+State: a NamedTuple whose leaves are all shaped like ``x`` (batch leading) and keep ``x``'s dtype, with
+field ``x``; multistep solvers also keep their earlier model outputs there (the first step uses a lower
+order). Times, solver coefficients and each step's update are computed in at least float32, and the new
+state is stored back in the state's dtype, stochastically rounded below float32 (:mod:`grid_times`); the
+model gets t in the times' dtype and x in the state's. ``info``:
 ``{"x0_hat": ...}`` (the denoised estimate at the pre-step state, from the step's first model call)
 when ``path`` is given, ``{}`` otherwise; DDIM adds ``"log_prob"`` (see :mod:`solvers.ddim`).
 """
@@ -47,8 +53,14 @@ from itscale.core import checks
 from itscale.core.counting import counted
 from itscale.core.sampler import Sampler
 from itscale.paths.path import Path
-from itscale.refine.grid_times import grid_times
+from itscale.refine.grid_times import grid_times, round_like
+from itscale.refine.prior import noise_prior
+from itscale.refine.sde import check_noise
 from itscale.refine.solvers import SOLVERS, Clock, Model
+from itscale.refine.solvers.base import denoise_flag
+
+_check_params = checks.param_ranges(eta=(0.0, float("inf")))
+
 
 def _schedule_row(spec, path, times, step) -> dict:
     """This step's row of the solver's coefficient tables. The tables depend only on the constant grid,
@@ -63,7 +75,8 @@ def ode(velocity_fn: Callable, solver: str = "euler", grid="uniform", path: Path
     """A sampler integrating dx/dt = velocity_fn(x, t) from t_max to t_min; see the module docstring.
 
     Args:
-      velocity_fn: ``fn(x, t) -> u`` with ``u`` of ``x``'s shape and dtype; ``t`` is passed as a scalar.
+      velocity_fn: ``fn(x, t) -> u`` with ``u`` of ``x``'s shape and dtype; ``t`` is passed as a scalar of
+        at least float32 (for a bfloat16 ``x`` too).
       solver: one of ``SOLVERS`` (``"euler"``, ``"heun"``, ``"midpoint"``, ``"rk4"``, ``"ddim"``,
         ``"dpm_solver_pp_2m"``, ``"unipc"``, ``"deis_2"``, ``"deis_3"``).
       grid: a grid kind name, an :class:`itscale.paths.Grid`, or an explicit decreasing array of times.
@@ -85,16 +98,15 @@ def ode(velocity_fn: Callable, solver: str = "euler", grid="uniform", path: Path
     model = Model(counted(velocity_fn), path)
 
     def init(key, x, params):
-        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-            raise TypeError(f"x must be a floating array (the noise at t_max), got dtype "
-                            f"{jnp.result_type(x)}")
-        if jnp.ndim(x) < 1:
-            raise ValueError("x must have a leading batch axis, got a scalar")
+        check_noise("x", x)
         return spec.init(x)
 
     def step(key, state, ctx, params):
         times = times_rule(ctx.num_steps, state.x.dtype)
-        return spec.step(model, state, Clock(times, ctx.step, _schedule_row(spec, path, times, ctx.step)),
-                         key, params)
+        clock = Clock(times, ctx.step, _schedule_row(spec, path, times, ctx.step))
+        clock = clock._replace(denoise=denoise_flag(path, times, clock.t(1)))
+        new_state, info = spec.step(model, state, clock, key, params)
+        return round_like(key, new_state, state), info
 
-    return Sampler(init, step, lambda state: state.x, spec.params)
+    return Sampler(init, step, lambda state: state.x, spec.params, prior=noise_prior(path, grid),
+                   validate=_check_params)

@@ -18,7 +18,9 @@ n - K M main steps plus K M restart steps, so n must exceed K M. The interval en
 
 Each step makes one ODE step; the step that lands on tau_j before a restart also renoises, so its
 ``info["log_prob"]`` is the log-density of that Gaussian renoising (0 for the deterministic steps), and
-``info["x0_hat"]`` comes from the step's first model call at the pre-step state.
+``info["x0_hat"]`` comes from the step's first model call at the pre-step state. On a main grid ending
+where the path's velocity is singular (t = 0 on ``vp``) every step ending there is the denoising step
+x = x0_hat, as in :func:`itscale.refine.ode`. Steps compute in at least float32; x keeps its dtype.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ from itscale.core.sampler import Sampler
 from itscale.paths.path import Path
 from itscale.refine.flow_to_sde import counted_velocity
 from itscale.refine.gaussian_transition import gaussian_move
-from itscale.refine.grid_times import grid_times
+from itscale.refine.grid_times import grid_times, round_like
+from itscale.refine.prior import noise_prior
 from itscale.refine.sde import SDEState, check_noise
 from itscale.refine.solvers import SOLVERS, Clock, Model
+from itscale.refine.solvers.base import denoise_flag
+
+_check_params = checks.param_ranges(t_restart_min=(0.0, 1.0), t_restart_max=(0.0, 1.0))
 
 ODE_SOLVERS = ("heun", "euler", "midpoint", "rk4")
 
@@ -87,14 +93,16 @@ def restart(velocity_fn: Callable, path: Path, *, restarts: int = 2, restart_ste
                              f"at least one step), got num_steps={ctx.num_steps}")
         x = state.x
         main_times = times_rule(ctx.num_steps - extra, x.dtype)
-        t_low = jnp.asarray(params["t_restart_min"], x.dtype)
-        t_high = jnp.asarray(params["t_restart_max"], x.dtype)
+        t_low = jnp.asarray(params["t_restart_min"], main_times.dtype)
+        t_high = jnp.asarray(params["t_restart_max"], main_times.dtype)
         t_from, t_to, renoise_after = _schedule(main_times, ctx.step, t_low, t_high, restarts, restart_steps)
-        clock = Clock(jnp.stack([t_from, t_to]), jnp.zeros((), jnp.int32))
+        clock = Clock(jnp.stack([t_from, t_to]), jnp.zeros((), jnp.int32),
+                      denoise=denoise_flag(path, main_times, t_to))
         solved, info = spec.step(model, spec.init(x), clock, None, spec.params)
         noisy, log_prob = renoise(path, key, solved.x, t_to, t_high)
         x = jnp.where(renoise_after, noisy, solved.x)
         log_prob = jnp.where(renoise_after, log_prob, jnp.zeros_like(log_prob))
-        return SDEState(x), {**info, "log_prob": log_prob}
+        return round_like(key, SDEState(x), state), {**info, "log_prob": log_prob}
 
-    return Sampler(init, step, lambda state: state.x, {"t_restart_min": 0.1, "t_restart_max": 0.3})
+    return Sampler(init, step, lambda state: state.x, {"t_restart_min": 0.1, "t_restart_max": 0.3},
+                   prior=noise_prior(path, grid), validate=_check_params)

@@ -17,7 +17,9 @@ sigma(t_min) = 0, the last step is the final denoising step x_{t_min} = x0_hat(x
 limit every sampler takes there (the Euler ODE step on the linear path, DDIM), with log_prob 0.
 
 State ``SDEState(x)``; ``info = {"x0_hat", "log_prob"}``: the denoised estimate at the pre-step state and
-log N(x_s; x_t - f dt, g^2 dt I) per sample (0 when g = 0: a deterministic move).
+log N(x_s; x_t - f dt, g^2 dt I) per sample (0 when g = 0: a deterministic move). The step (times, g,
+drift, noise) is computed in at least float32 (:func:`itscale.refine.grid_times.time_dtype`), x_s is stored
+in the state's dtype.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ from itscale.paths.path import Path
 from itscale.refine.diffusion_coefficients import DiffusionCoefficient, diffusion_coefficient
 from itscale.refine.flow_to_sde import counted_velocity, reverse_drift
 from itscale.refine.gaussian_transition import gaussian_move
-from itscale.refine.grid_times import grid_times
+from itscale.refine.grid_times import grid_times, round_like
+from itscale.refine.prior import noise_prior
 from itscale.refine.solvers import Clock, Model
 
 SOLVERS = ("euler_maruyama",)
+_check_params = checks.param_ranges(g_scale=(0.0, float("inf")))
 
 
 class SDEState(NamedTuple):
@@ -48,7 +52,13 @@ class SDEState(NamedTuple):
 
 
 def check_noise(name: str, x) -> None:
-    """``x`` must be a floating array with a leading batch axis (the noise at t_max)."""
+    """``x`` must be one floating array with a leading batch axis (the noise at t_max), not a pytree."""
+    if not isinstance(x, jax.Array):
+        leaves = jax.tree.leaves(x)
+        raise TypeError(f"{name} must be one floating array of shape (batch, ...) (the noise at t_max), got "
+                        f"a {type(x).__name__} holding {len(leaves)} array(s); a refinement sampler's state "
+                        "is a single array: stack or concatenate the parts (or ravel a pytree with "
+                        "jax.flatten_util.ravel_pytree) and split them in the model function")
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise TypeError(f"{name} must be a floating array (the noise at t_max), got dtype "
                         f"{jnp.result_type(x)}")
@@ -62,8 +72,8 @@ def euler_maruyama_step(model: Model, coefficient: DiffusionCoefficient, x, cloc
     t, s = clock.t(), clock.t(1)
     u = model.velocity(x, t)
     x0_hat = model.x0(u, x, t)
-    dt = (t - s).astype(x.dtype)
-    g = coefficient(t, g_scale).astype(x.dtype)
+    dt = t - s
+    g = coefficient(t, g_scale).astype(t.dtype)
     mean = x - reverse_drift(path, u, x, t, g) * dt
     std = g * jnp.sqrt(dt)
     data_end = path.sigma(s) == 0
@@ -79,7 +89,7 @@ def sde(model_fn: Callable, path: Path, *, g: str | Callable = "kim", solver: st
 
     Args:
       model_fn: ``fn(x, t)`` predicting ``prediction`` (``"velocity"``, ``"x0"``, ``"eps"``, ``"score"``) on
-        ``path``, with ``x``'s shape and dtype; ``t`` is passed as a scalar.
+        ``path``, with ``x``'s shape and dtype; ``t`` is passed as a scalar of at least float32.
       path: the model's :class:`itscale.paths.Path`.
       g: diffusion coefficient name (``"constant"``, ``"sigma"``, ``"kim"``, ``"forward"``) or ``g(t)``.
       solver: ``"euler_maruyama"``.
@@ -105,6 +115,7 @@ def sde(model_fn: Callable, path: Path, *, g: str | Callable = "kim", solver: st
     def step(key, state, ctx, params):
         clock = Clock(times_rule(ctx.num_steps, state.x.dtype), ctx.step)
         x, info = euler_maruyama_step(model, coefficient, state.x, clock, key, params["g_scale"])
-        return SDEState(x), info
+        return round_like(key, SDEState(x), state), info
 
-    return Sampler(init, step, lambda state: state.x, {"g_scale": coefficient.default_scale})
+    return Sampler(init, step, lambda state: state.x, {"g_scale": coefficient.default_scale},
+                   prior=noise_prior(path, grid), validate=_check_params)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from itscale.core import checks
 from itscale.paths import conversions
@@ -71,12 +72,16 @@ class Model(NamedTuple):
 
 
 class Clock(NamedTuple):
-    """The grid ``times`` (t_0 = t_max > ... > t_n = t_min), the traced index ``step`` of this step and
-    ``coef``, this step's row of the solver's schedule (scalars)."""
+    """The grid ``times`` (t_0 = t_max > ... > t_n = t_min), the traced index ``step`` of this step,
+    ``coef``, this step's row of the solver's schedule (scalars), and ``denoise``: None, or a traced bool,
+    True when this step ends where the path's velocity is singular (:func:`denoise_flag`); the
+    Runge--Kutta solvers then move to x0_hat from their first evaluation instead of calling the model there.
+    """
 
     times: jax.Array
     step: jax.Array
     coef: dict | None = None
+    denoise: jax.Array | None = None
 
     def t(self, offset: int = 0) -> jax.Array:
         """t_{step + offset}, clipped to the grid."""
@@ -89,3 +94,23 @@ def linear_in_velocity(convert: Callable, path: Path, times) -> tuple[jax.Array,
     :mod:`itscale.paths.conversions` are linear in (u, x), so unit inputs give their coefficients."""
     ones, zeros = jnp.ones_like(times), jnp.zeros_like(times)
     return convert(path, ones, zeros, times), convert(path, zeros, ones, times)
+
+
+def singular_end(path: Path, times) -> bool:
+    """Whether the velocity is singular on ``path`` at the last of the concrete ``times``: alpha_dot,
+    sigma_dot or the coefficients of x0 = a u + b x are not finite there (t = 0 on ``vp`` and ``vp_cosine``,
+    where sigma_dot = -alpha alpha_dot / sigma is infinite; not on ``linear``)."""
+    with jax.ensure_compile_time_eval():
+        t = times[-1]
+        x0_coefficients = linear_in_velocity(conversions.x0_from_velocity, path, t)
+        values = (path.alpha_dot(t), path.sigma_dot(t), *x0_coefficients)
+        return not all(bool(np.isfinite(np.asarray(v))) for v in values)
+
+
+def denoise_flag(path: Path | None, times, end) -> jax.Array | None:
+    """``Clock.denoise`` of a step ending at time ``end`` (traced) on the constant grid ``times``:
+    ``end == times[-1]`` when the grid ends where the path's velocity is singular, None otherwise (without a
+    path, or with a regular end: the step is unchanged). Decided at trace time: the grid is a constant."""
+    if path is None or not singular_end(path, times):
+        return None
+    return end == times[-1]

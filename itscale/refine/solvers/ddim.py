@@ -43,11 +43,11 @@ def _step(model: Model, state: DDIMState, clock: Clock, key, params):
     x, k = state.x, clock.coef
     u = model.velocity(x, clock.t())
     x0, eps = k["x0_u"] * u + k["x0_x"] * x, k["eps_u"] * u + k["eps_x"] * x
-    c = jnp.asarray(params["eta"], x.dtype) * k["std_per_eta"]
+    c = jnp.asarray(params["eta"], k["std_per_eta"].dtype) * k["std_per_eta"]
     mean = k["alpha_s"] * x0 + jnp.sqrt(jnp.maximum(k["sigma_s"] ** 2 - c**2, 0.0)) * eps
     # No noise to draw when c = 0 (eta = 0, or sigma_s = 0): skip the random bits, log_prob = 0.
     x_s, log_prob = lax.cond(c > 0, lambda: gaussian_move(key, mean, c),
-                             lambda: (mean, jnp.zeros(x.shape[:1], x.dtype)))
+                             lambda: (mean, jnp.zeros(x.shape[:1], mean.dtype)))
     return DDIMState(x_s), {"x0_hat": x0, "log_prob": log_prob}
 
 

@@ -58,33 +58,45 @@ def _step(tableau: Tableau):
     for j, row in enumerate(tableau.a):
         a[j, :len(row)] = row
 
-    def unrolled(model: Model, x, t, h):
-        slopes = [model.velocity(x, t)]
+    def unrolled(model: Model, x, t, h, first):
+        slopes = [first]
         for a_j, c_j in zip(tableau.a[1:], tableau.c[1:]):
-            slopes.append(model.velocity(_combine(x, h, a_j, slopes), t + c_j * h))
+            slopes.append(model.velocity(_combine(x, h, a_j, slopes).astype(x.dtype), t + c_j * h))
         return slopes
 
-    def looped(model: Model, x, t, h):
-        coefficients, nodes = jnp.asarray(a, x.dtype), jnp.asarray(tableau.c, t.dtype)
+    def looped(model: Model, x, t, h, first):
+        coefficients, nodes = jnp.asarray(a, t.dtype), jnp.asarray(tableau.c, t.dtype)
 
         def stage(slopes, j):
-            x_j = x + h * jnp.tensordot(coefficients[j], slopes, axes=1)
+            x_j = (x + h * jnp.tensordot(coefficients[j], slopes, axes=1)).astype(x.dtype)
             return slopes.at[j].set(model.velocity(x_j, t + nodes[j] * h)), None
 
-        return list(counting.scan(stage, jnp.zeros((m,) + x.shape, x.dtype), jnp.arange(m))[0])
+        slopes = jnp.zeros((m,) + x.shape, x.dtype).at[0].set(first)
+        return list(counting.scan(stage, slopes, jnp.arange(1, m))[0])
 
     def step(model: Model, state: RungeKuttaState, clock: Clock, key, params):
         """Unrolled, XLA schedules every stage's time features (the model's work on t alone) at the
         start of the step, where their activations (batch x width each) stay live across the earlier
         stages: at batch 4096 that made RK4, Heun and midpoint 4-12% slower than diffrax, whose stages
         run one per loop iteration. A loop iteration costs ~15 us of small kernels on CPU (5-15% of a
-        step at batch 64), so the stages loop only for states of ``LOOP_MIN_SIZE`` entries or more.
+        step at batch 64), so the later stages loop only for states of ``LOOP_MIN_SIZE`` entries or more.
         (``lax.optimization_barrier`` is removed before that scheduling on CPU, and a data dependency
-        on the previous stage would be a cross-device collective on a sharded batch.)"""
+        on the previous stage would be a cross-device collective on a sharded batch.)
+
+        Stages and the update are computed in the times' dtype (at least float32); the model gets each
+        stage point in the state's dtype. When ``clock.denoise`` is set (a grid ending where the path's
+        velocity is singular) and true, the step is x_s = x0_hat from the first evaluation, 1 NFE."""
         x, t = state.x, clock.t()
         h = clock.t(1) - t
-        slopes = (looped if m > 1 and x.size >= LOOP_MIN_SIZE else unrolled)(model, x, t, h)
-        return RungeKuttaState(_combine(x, h, tableau.b, slopes)), model.info(slopes[0], x, t)
+        first = model.velocity(x, t)
+        info = model.info(first, x, t)
+        later = looped if m > 1 and x.size >= LOOP_MIN_SIZE else unrolled
+        advance = lambda: _combine(x, h, tableau.b, later(model, x, t, h, first))  # noqa: E731
+        if clock.denoise is None:
+            return RungeKuttaState(advance()), info
+        dtype = jnp.result_type(x, h)
+        x_next = counting.cond(clock.denoise, lambda: info["x0_hat"].astype(dtype), advance)
+        return RungeKuttaState(x_next), info
 
     return step
 
