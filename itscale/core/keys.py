@@ -25,12 +25,14 @@ def split_per_particle(key: jax.Array, num_particles: int) -> jax.Array:
 
 
 def as_key(name: str, key) -> jax.Array:
-    """Accept a typed key (``jax.random.key``) or a raw uint32[2] key; reject anything else."""
+    """A typed key from a typed key (``jax.random.key``) or a raw uint32[2] key (``jax.random.PRNGKey``,
+    wrapped with the same bits); reject anything else. Keys derived from it are typed too, so a sampler
+    state can tell its random streams from its data by dtype (``itscale.search.in_place``)."""
     if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ValueError(f"{name} must be a single PRNG key, got a key array of shape {key.shape}")
         return key
     if isinstance(key, jax.Array) and key.dtype == jax.numpy.uint32 and key.shape == (2,):
-        return key
+        return jax.random.wrap_key_data(key)
     raise TypeError(f"{name} must be a PRNG key from jax.random.key(seed) (or jax.random.PRNGKey), "
                     f"got {type(key).__name__} {getattr(key, 'dtype', '')} {getattr(key, 'shape', '')}")

@@ -2,7 +2,11 @@
 
 Best-of-N (Cobbe et al. 2021, arXiv 2110.14168; Brown et al. 2024, arXiv 2407.21787): each of the
 ``batch`` queries in ``x`` is repeated ``n`` times along the leading axis (candidates of query b are
-rows b·n … b·n + n − 1), the base sampler runs once on the enlarged batch of batch·n rows, and
+rows b·n … b·n + n − 1). For a refinement sampler (one with a ``prior``, see :class:`itscale.Sampler`)
+candidate 0 of a query starts from the query's own noise ``x[b]`` and candidates 1 … n − 1 from fresh
+independent draws of the sampler's prior, so a deterministic sampler (an ODE) gives n different
+samples; ``num_candidates=1`` is the base sampler itself. The base sampler runs once on the enlarged
+batch of batch·n rows, and
 ``finalize`` scores every candidate with ``reward_fn`` (counted as a verifier: batch·n calls) and
 returns the arg-max per query. Works for any sampler whose state leaves lead with the batch axis and
 whose draws are independent across rows (refine samplers, token rollouts). NFE: n times the base
@@ -22,6 +26,8 @@ import jax.numpy as jnp
 
 from itscale.core import checks, counting
 from itscale.core.sampler import Sampler
+
+_NOISE_STREAM = 0x2015E  # fold-in constant: the candidates' fresh noise, distinct from the base init's key
 
 
 class BestOfNOutput(NamedTuple):
@@ -52,7 +58,13 @@ def best_of_n(sampler: Sampler, reward_fn: Callable, *, num_candidates: int) -> 
         for leaf in jax.tree.leaves(x):
             if jnp.ndim(leaf) == 0:
                 raise ValueError("x must lead with the batch (query) axis; got a scalar leaf")
-        return sampler.init(key, jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), x), params)
+        repeated = jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), x)
+        if sampler.prior is not None and n > 1:
+            fresh = sampler.prior(jax.random.fold_in(key, _NOISE_STREAM), repeated)
+            first = jnp.arange(jax.tree.leaves(repeated)[0].shape[0]) % n == 0
+            repeated = jax.tree.map(lambda own, new: jnp.where(first.reshape((-1,) + (1,) * (own.ndim - 1)),
+                                                               own, new), repeated, fresh)
+        return sampler.init(key, repeated, params)
 
     def finalize(state):
         outputs = sampler.finalize(state)
@@ -71,4 +83,4 @@ def best_of_n(sampler: Sampler, reward_fn: Callable, *, num_candidates: int) -> 
                              valid=jnp.any(scores > -jnp.inf, axis=1),
                              num_candidates=jnp.asarray(n, jnp.int32))
 
-    return Sampler(init, sampler.step, finalize, sampler.params, sampler.watch)
+    return Sampler(init, sampler.step, finalize, sampler.params, sampler.watch, sampler.prior, sampler.validate)

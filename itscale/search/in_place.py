@@ -21,6 +21,12 @@ is idempotent: resampling one part of a state and then the rest with the ancesto
 part (as ``token_smc`` does) keeps the parts aligned. On a particle axis sharded over devices, each
 loop iteration moves its ``chunk`` rows with one collective, instead of an all-gather of the whole
 state.
+
+Random streams belong to slots, not particles: a leaf whose dtype is a typed PRNG key
+(``jax.random.key``; ``its.run`` makes every key it passes down typed) stays where it is, neither moved
+nor gathered. A copy written into a dead slot then continues with that slot's stream, so it draws
+fresh randomness from its parent's from then on, whatever the base sampler keeps in its state (e.g.
+the per-row keys of a token rollout's counter-based noise, ``itscale.tokens.noise``).
 """
 
 from __future__ import annotations
@@ -104,7 +110,8 @@ def _row_bytes(leaf) -> int:
 
 def resample_in_place(tree, ancestors, *, chunk: int = CHUNK):
     """``tree`` resampled with the offspring counts of ``ancestors``: ``leaf[in_place_ancestors(ancestors)]``
-    for every leaf, each leading with the particle axis."""
+    for every leaf, each leading with the particle axis, except typed PRNG key leaves, which stay in
+    their slots (a copy continues with the stream of the slot it is written into)."""
     ancestors = _check_ancestors(ancestors)
     chunk = checks.positive_int("chunk", chunk)
     n = ancestors.shape[0]
@@ -113,9 +120,10 @@ def resample_in_place(tree, ancestors, *, chunk: int = CHUNK):
         if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != n:
             raise ValueError(f"every leaf must lead with the particle axis of size {n}, got a leaf of shape "
                              f"{jnp.shape(leaf)}")
-    large = [_row_bytes(leaf) >= IN_PLACE_MIN_ROW_BYTES for leaf in leaves]
+    kind = ["key" if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+            else "large" if _row_bytes(leaf) >= IN_PLACE_MIN_ROW_BYTES else "small" for leaf in leaves]
     moves = in_place_moves(ancestors)
-    permuted = None if all(large) else _ancestors_of(moves)
+    permuted = _ancestors_of(moves) if "small" in kind else None
     size = min(chunk, n)
     pad = -n % size
     destinations = jnp.concatenate([moves.destinations, jnp.full((pad,), n, jnp.int32)])
@@ -128,10 +136,10 @@ def resample_in_place(tree, ancestors, *, chunk: int = CHUNK):
         return [leaf.at[into].set(leaf.at[source].get(mode="promise_in_bounds"), mode="drop",
                                   unique_indices=True) for leaf in big]
 
-    big = [leaf for leaf, is_large in zip(leaves, large) if is_large]
+    big = [leaf for leaf, k in zip(leaves, kind) if k == "large"]
     if big:
         big = lax.fori_loop(0, (moves.num_moved + size - 1) // size, copy_chunk, big)
     big = iter(big)
-    out = [next(big) if is_large else leaf.at[permuted].get(mode="promise_in_bounds")
-           for leaf, is_large in zip(leaves, large)]
+    out = [leaf if k == "key" else next(big) if k == "large"
+           else leaf.at[permuted].get(mode="promise_in_bounds") for leaf, k in zip(leaves, kind)]
     return jax.tree.unflatten(treedef, out)

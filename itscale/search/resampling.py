@@ -64,12 +64,19 @@ def ess(log_weights) -> jax.Array:
 
 def ess_and_log_mean(log_weights) -> tuple[jax.Array, jax.Array]:
     """``(ess(log_weights), log_mean_exp(log_weights))`` sharing one logsumexp; every weight is −inf
-    exactly when the log mean is −inf."""
+    exactly when the log mean is −inf.
+
+    Both come from s = log w − max log w (the ESS is invariant to the shift), so 2·s neither
+    overflows nor loses the digits of a large max, even for log-weights near the largest float.
+    """
     log_weights = _as_log_weights(log_weights)
-    total = logsumexp(log_weights, axis=-1)
+    top = jnp.max(log_weights, axis=-1)
+    top = jnp.where(jnp.isfinite(top), top, jnp.zeros_like(top))
+    shifted = log_weights - top[..., None]
+    total = logsumexp(shifted, axis=-1)                        # logsumexp(log w) − max log w
     impossible = total == -jnp.inf
-    value = jnp.exp(2.0 * total - logsumexp(2.0 * log_weights, axis=-1))
-    log_mean = total - jnp.log(log_weights.shape[-1]).astype(log_weights.dtype)
+    value = jnp.exp(2.0 * total - logsumexp(2.0 * shifted, axis=-1))
+    log_mean = top + total - jnp.log(log_weights.shape[-1]).astype(log_weights.dtype)
     return jnp.where(impossible, jnp.zeros_like(value), value), log_mean
 
 

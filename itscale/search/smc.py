@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from itscale.core import checks, counting
-from itscale.core.sampler import Sampler, watch_within
+from itscale.core.sampler import Sampler, validate, watch_within
 from itscale.search import potentials, resampling
 from itscale.search.in_place import resample_in_place
 
@@ -119,6 +119,20 @@ def _free_and_alike(finalize, look, state, info) -> bool:
     same = jax.tree.structure(final) == jax.tree.structure(ahead) and all(
         (a.shape, a.dtype) == (b.shape, b.dtype) for a, b in leaves)
     return same and not calls[0]
+
+
+_check_own_params = checks.param_ranges(lam=(-float("inf"), float("inf")), ess_threshold=(0.0, 1.0))
+
+
+def check_params(sampler: Sampler) -> Callable[[Any, SMCParams], None]:
+    """``validate(x, params)`` of an SMC over ``sampler``: λ finite, ESS threshold in [0, 1], then the
+    base sampler's own check of ``x`` and ``params.base``."""
+
+    def check(x, params):
+        _check_own_params(x, params)
+        validate(sampler, x, params.base)
+
+    return check
 
 
 def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential: str = "difference",
@@ -235,4 +249,4 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
                          invalid_rewards=state.invalid_rewards)
 
     return Sampler(init, step, finalize, SMCParams(sampler.params, lam, ess_threshold),
-                   watch_within(sampler.watch, "base"))
+                   watch_within(sampler.watch, "base"), sampler.prior, check_params(sampler))

@@ -65,3 +65,35 @@ def test_split_budget_and_errors():
     with pytest.raises(ValueError, match="reward_fn must return scores of shape"):
         its.run(its.search.best_of_n(_gaussian_draw(), lambda x: x, num_candidates=2), jax.random.key(0),
                 jnp.zeros((3, 2)), num_steps=1)
+
+
+def test_best_of_n_over_an_ode_draws_independent_noise_per_candidate():
+    """A deterministic sampler repeated on one noise gives one sample n times; each candidate must start
+    from its own draw of the path's prior, candidate 0 from the query's own noise."""
+    gmm = its.models.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-2.0, 0.0], [2.0, 1.0]]),
+                                     jnp.stack([0.3 * jnp.eye(2), 0.5 * jnp.eye(2)]))
+    ode = its.refine.ode(gmm.velocity(its.paths.linear()), solver="heun")
+    queries, n = jax.random.normal(jax.random.key(1), (256, 2)), 8
+    result = its.run(its.search.best_of_n(ode, _reward, num_candidates=n), jax.random.key(2), queries,
+                     num_steps=16)
+    candidates = np.asarray(result.output.candidates)                         # (256, 8, 2)
+    assert len(np.unique(candidates.reshape(-1, 2), axis=0)) == 256 * n
+    np.testing.assert_allclose(candidates[:, 0], its.run(ode, jax.random.key(2), queries, num_steps=16).output,
+                               rtol=1e-5, atol=1e-5)
+    assert int(result.stats.nfe) == 256 * n * 16 * 2
+    # The fresh candidates are draws of the model's law: their mean is the mixture's.
+    fresh = candidates[:, 1:].reshape(-1, 2)
+    np.testing.assert_allclose(fresh.mean(axis=0), gmm.mean(), atol=4 * fresh.std(axis=0).max() / np.sqrt(len(fresh)))
+    with pytest.raises(AssertionError):     # and the query's own noise is not what they start from
+        np.testing.assert_allclose(candidates[:, 1], candidates[:, 0], atol=1e-3)
+
+
+def test_the_prior_follows_the_path_noise_scale_and_combinators():
+    ve = its.paths.ve()
+    sampler = its.refine.ode(lambda x, t: jnp.zeros_like(x), path=ve)
+    noise = sampler.prior(jax.random.key(0), jnp.zeros((20000, 2)))
+    np.testing.assert_allclose(noise.std(), float(ve.sigma(1.0)), rtol=0.02)
+    linear = its.refine.ode(lambda x, t: jnp.zeros_like(x))
+    assert its.particles(linear, 3).prior(jax.random.key(0), jnp.zeros((3, 5, 2))).shape == (3, 5, 2)
+    assert its.chain((linear, 2), (linear, 3)).prior is linear.prior
+    assert its.tokens.rollout(its.models.MarkovLM(jnp.zeros(3), jnp.zeros((3, 3))).logits_fn).prior is None

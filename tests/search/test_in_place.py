@@ -64,6 +64,30 @@ def test_resample_in_place_equals_the_permuted_gather_also_in_two_calls(ancestor
     np.testing.assert_array_equal(second, np.asarray(tree["large"])[np.asarray(first["index"])])
 
 
+@pytest.mark.parametrize("data", [("large", "small"), ("large",), ("small",)])
+def test_key_leaves_stay_in_their_slots_while_the_other_leaves_move(data):
+    """Random streams belong to slots: typed PRNG key leaves are neither moved (the in-place loop over
+    large rows) nor gathered (small rows), so a copy written into a dead slot draws from that slot's
+    stream, not its parent's."""
+    ancestors = jnp.array([0, 0, 0, 3, 3, 5, 5], jnp.int32)           # slots 1, 2, 4 and 6 die
+    n = ancestors.shape[0]
+    rng = np.random.default_rng(0)
+    rows = {"large": jnp.asarray(rng.normal(size=(n, in_place.IN_PLACE_MIN_ROW_BYTES // 4)), jnp.float32),
+            "small": jnp.asarray(rng.integers(0, 100, size=(n, 3)), jnp.int32)}
+    keys = {"keys": jax.random.split(jax.random.key(0), n),
+            "key_rows": jax.random.split(jax.random.key(1), (n, 2))}
+    tree = {**{name: rows[name] for name in data}, **keys}
+    for chunk in (1, 16):
+        out = _resample(tree, ancestors, chunk=chunk)
+        permuted = np.asarray(_permuted(ancestors))
+        for name in data:
+            np.testing.assert_array_equal(out[name], np.asarray(tree[name])[permuted], err_msg=name)
+        for name, leaf in keys.items():
+            assert out[name].dtype == leaf.dtype
+            np.testing.assert_array_equal(jax.random.key_data(out[name]), jax.random.key_data(leaf),
+                                          err_msg=name)
+
+
 def test_blocks_of_per_query_ancestors_stay_in_their_block():
     """Ancestors of block q (slots q·W .. (q+1)·W − 1) inside block q: the permuted ones stay there."""
     width, blocks = 6, 5

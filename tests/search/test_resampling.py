@@ -105,6 +105,30 @@ def test_ess_hand_checked_values():
                                rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype, big", [("float32", 3e38), ("float64", 3e38), ("float64", 1.7e308)])
+def test_ess_of_log_weights_near_the_largest_float(dtype, big):
+    """2·log w overflows there: one dominant finite weight has ESS 1, equal weights ESS N, no NaN."""
+    cases = [([big, 0.0, -np.inf], 1.0), ([big, big], 2.0), ([-big, -big, -big], 3.0),
+             ([-np.inf, -np.inf], 0.0)]
+    with jax.enable_x64(dtype == "float64"):
+        for log_weights, expected in cases:
+            ess, log_mean = search.resampling.ess_and_log_mean(jnp.asarray(log_weights, dtype))
+            assert ess.dtype == dtype and float(ess) == expected, (log_weights, ess)
+            assert not np.isnan(log_mean)
+            np.testing.assert_allclose(log_mean, np.max(log_weights) - np.log(len(log_weights)), rtol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.floats(-30.0, 30.0), st.just(-np.inf)), min_size=1, max_size=6),
+       st.one_of(st.floats(-3.3e38, 3.3e38), st.sampled_from([3e38, -3e38, 1e30])))
+def test_ess_is_invariant_to_any_shift(log_weights, shift):
+    """ess(l + c) == ess(l) for shifts c up to the largest float32, l the exact difference (l + c) − c."""
+    shifted = np.asarray(log_weights, np.float32) + np.float32(shift)
+    exact = shifted.astype(np.float64) - np.float64(np.float32(shift))
+    np.testing.assert_allclose(search.ess(jnp.asarray(shifted)), search.ess(jnp.asarray(exact, jnp.float32)),
+                               rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_all_impossible_falls_back_to_uniform_without_nan(method):
     log_weights = jnp.full(5, -jnp.inf)

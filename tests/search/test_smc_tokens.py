@@ -58,3 +58,28 @@ def test_best_of_n_over_a_token_rollout():
     np.testing.assert_array_equal(out.best_score, np.max(np.asarray(out.scores), axis=1))
     np.testing.assert_array_equal(_count_target(out.best), out.best_score)
     assert int(result.stats.verifier_calls) == 16
+
+
+def test_resampled_copies_of_a_default_rollout_draw_fresh_noise():
+    """The default rollout (``noise="position"``) keeps per-row noise keys in its state; resampling
+    leaves them in their slots, so copies diverge instead of repeating their parent's draws.
+
+    Every step resamples (a peaked reward); after the last resampling the m copies of a prefix draw
+    their last token independently from the uniform next-token law: V (1 − (1 − 1/V)^m) distinct ones
+    in expectation. With the keys copied along, each prefix had one continuation and the population
+    collapsed to a handful of sequences. A raw ``PRNGKey`` gives typed keys to the sampler just the same.
+    """
+    vocab, new, n, target = 6, 8, 256, 2
+    lm = its.models.MarkovLM(jnp.zeros(vocab), jnp.zeros((vocab, vocab)))
+    reward = lambda g: jnp.sum(g.tokens[:, 1:] == target, axis=-1).astype(jnp.float32)  # noqa: E731
+    steered = its.search.smc(its.tokens.rollout(lm.logits_fn), reward, num_particles=n, lam=4.0,
+                             ess_threshold=1.0)
+    run = jax.jit(lambda key: its.run(steered, key, jnp.zeros((n, 1), jnp.int32), num_steps=new).output)
+    for key in (jax.random.key(0), jax.random.PRNGKey(1)):
+        out = run(key)
+        assert int(out.num_resamples) == new - 1
+        tokens = np.asarray(out.particles.tokens)
+        _, copies = np.unique(tokens[:, :-1], axis=0, return_counts=True)
+        expected = np.sum(vocab * (1.0 - (1.0 - 1.0 / vocab) ** copies))
+        distinct = len(np.unique(tokens, axis=0))
+        assert distinct >= 0.8 * expected, (distinct, expected, len(copies))
