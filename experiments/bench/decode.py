@@ -61,7 +61,7 @@ def greedy_decode(model: Transformer, new_tokens: int):
 
 def no_cache_decode(model: Transformer, length: int, steps: int):
     """Jitted ``decode(params, prompts)``: ``steps`` greedy steps, each a full forward of ``length`` slots."""
-    apply, _ = split_forward(model)
+    graphdef, _ = nnx.split(model)
 
     @jax.jit
     def decode(params, prompts):
@@ -69,7 +69,7 @@ def no_cache_decode(model: Transformer, length: int, steps: int):
         buffer = jnp.zeros((batch, length), jnp.int32).at[:, :prompt_len].set(prompts)
 
         def step(buffer, i):
-            logits, _ = apply(params, buffer, None)
+            logits = nnx.merge(graphdef, params)(buffer)
             last = jax.lax.dynamic_index_in_dim(logits, prompt_len - 1 + i, axis=1, keepdims=False)
             token = jnp.argmax(last, axis=-1).astype(jnp.int32)
             return jax.lax.dynamic_update_index_in_dim(buffer, token, prompt_len + i, axis=1), None

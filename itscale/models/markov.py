@@ -64,6 +64,27 @@ class NGramCache(NamedTuple):
     start: jax.Array
 
 
+def _in_vocabulary(name: str, position: int):
+    """Decorate a (jitted) method so that concrete token ids in its argument ``name`` (at ``position``
+    after ``self``) outside [0, V) raise ``ValueError`` before any compute (traced ones cannot be checked)."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def checked(self, *args, **kwargs):
+            value = kwargs.get(name, args[position] if len(args) > position else None)
+            host = None if value is None else checks.concrete(value)
+            if host is not None and host.dtype.kind in "iu":
+                bad = (host < 0) | (host >= self.vocab_size)
+                if bad.any():
+                    raise ValueError(f"{name} holds token ids outside the vocabulary [0, {self.vocab_size}): "
+                                     f"{sorted(set(host[bad].tolist()))[:8]}")
+            return method(self, *args, **kwargs)
+
+        return checked
+
+    return decorate
+
+
 def _normalize(name: str, log_weights: jax.Array, axes) -> jax.Array:
     """Log-normalise over ``axes``; concrete inputs must be NaN-free with a finite entry per slice."""
     if not isinstance(log_weights, jax.core.Tracer):
@@ -152,6 +173,7 @@ class NGramLM:
         level = jnp.clip(slots - start[:, None], 0, n - 2)
         return self.conditional_table()[level, flat]
 
+    @_in_vocabulary("tokens", 0)
     @jax.jit
     def next_log_probs(self, tokens) -> jax.Array:
         """(batch, L, V): ``log p(x_{t+1} = v | x_0..x_t)`` for every position t of ``tokens`` (batch, L)."""
@@ -210,6 +232,7 @@ class NGramLM:
             terms.append(jnp.take_along_axis(cond, tokens[:, first:, None], axis=-1)[..., 0].sum(-1))
         return sum(terms)
 
+    @_in_vocabulary("tokens", 0)
     @jax.jit
     def sequence_log_prob(self, tokens) -> jax.Array:
         """Exact ``log p(tokens)`` of sequences ``tokens`` (..., L) from position 0; shape (...)."""
@@ -219,6 +242,7 @@ class NGramLM:
         flat = tokens.reshape(-1, tokens.shape[-1])
         return self._suffix_log_prob(flat, flat.shape[1]).reshape(tokens.shape[:-1])
 
+    @_in_vocabulary("prompt", 0)
     @functools.partial(jax.jit, static_argnames="length")
     def completion_log_probs(self, prompt, length: int) -> jax.Array:
         """Exact log p(completion | prompt) of all ``V**length`` completions, in :func:`all_sequences` order.
@@ -238,6 +262,7 @@ class NGramLM:
 
         return one(prompt) if prompt.ndim == 1 else jax.vmap(one)(prompt)
 
+    @_in_vocabulary("prompt", 0)
     @functools.partial(jax.jit, static_argnames="length")
     def marginals(self, prompt, length: int) -> jax.Array:
         """Exact per-position marginals ``p(x_{P+i} = v | prompt)``: (length, V) or (batch, length, V)."""
@@ -246,6 +271,7 @@ class NGramLM:
         one_hot = jax.nn.one_hot(completions, self.vocab_size, dtype=probs.dtype)    # (M, length, V)
         return jnp.einsum("...m,mlv->...lv", probs, one_hot)
 
+    @_in_vocabulary("prompt", 3)
     @functools.partial(jax.jit, static_argnames=("num_samples", "length"))
     def sample(self, key, num_samples: int, length: int, prompt=None) -> jax.Array:
         """(num_samples, length) ancestral samples of ``length`` tokens, after ``prompt`` (P,) if given."""
@@ -303,6 +329,7 @@ class MarkovLM(NGramLM):
         tokens = checks.int_array("tokens", tokens, ndim=2)
         return self.log_transition[tokens], cache
 
+    @_in_vocabulary("prompt", 0)
     @functools.partial(jax.jit, static_argnames="length")
     def marginals(self, prompt, length: int) -> jax.Array:
         """Exact marginals by the forward recursion ``pi_{i+1} = pi_i T`` (any length, no enumeration)."""

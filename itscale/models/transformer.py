@@ -45,11 +45,13 @@ sin/cos into each layer's q/k fusions and re-evaluates them per element: 0.47 vs
 5.5-6 ms decode step at batch 32.
 
 Pure functions. ``logits_fn(model)`` returns ``logits_fn(tokens, cache) -> (logits, cache)`` with the
-parameters closed over (a snapshot); ``split_forward(model)`` returns ``(apply, params)`` with
+parameters closed over (a snapshot) and the model's ``init_cache`` and ``vocab_size`` attached, so the
+token samplers find the cache factory on it; ``split_forward(model)`` returns ``(apply, params)`` with
 ``apply(params, tokens, cache)`` for passing parameters explicitly (``nnx.split`` / ``nnx.merge``:
 the merge happens at trace time only, so both are jit/scan friendly and never retrace for new values).
-``cache=None`` means "no cache": a full causal forward of ``tokens`` from position 0, returning
-``(logits, None)`` -- the training forward and the decoding-without-cache baseline.
+The cached forward needs a cache: ``cache=None`` raises, since a decode step fed without its cache
+would see no context. The full causal forward from position 0 (training, the no-cache baseline) is
+``model(tokens)``.
 """
 
 from __future__ import annotations
@@ -240,13 +242,16 @@ class Transformer(nnx.Module):
         Prefill (L = prompt length) and decode steps (L = 1) are the same call; the returned cache
         has ``lengths + L``. Size the cache for the whole run: positions fed past its ``max_len`` slots
         are dropped, and a row fed again once ``lengths >= max_len`` gets RoPE angles clipped to the
-        table (meaningless logits). ``cache=None``: causal forward from position 0, returns
-        ``(logits, None)``.
+        table (meaningless logits). ``cache=None`` raises ``TypeError``: use ``model(tokens)`` for a full
+        forward from position 0.
         """
         tokens = checks.int_array("tokens", tokens, ndim=2)
         batch, length = tokens.shape
-        if cache is None:
-            return self(tokens), None
+        if not isinstance(cache, KVCache):
+            raise TypeError("cache must be a KVCache from model.init_cache(batch, max_len) (tokens fed without "
+                            f"their cache would be decoded without context), got {type(cache).__name__}; pass "
+                            "init_cache=model.init_cache to the sampler, or call model(tokens) for a full "
+                            "forward from position 0")
         if cache.lengths.shape != (batch,):
             raise ValueError(f"cache holds {cache.lengths.shape[0]} rows but tokens has batch {batch}")
         query_slots = cache.lengths[:, None] + jnp.arange(length, dtype=jnp.int32)
@@ -306,13 +311,16 @@ def split_forward(model: Transformer) -> tuple[Callable[..., tuple[jax.Array, An
 
 
 def logits_fn(model: Transformer) -> LogitsFn:
-    """Pure ``logits_fn(tokens, cache) -> (logits, cache)`` with a snapshot of the parameters closed over.
+    """Pure ``logits_fn(tokens, cache) -> (logits, cache)`` with a snapshot of the parameters closed over,
+    carrying the model's ``init_cache`` and ``vocab_size`` (found there by the token samplers).
 
     Under ``jit`` the closed-over parameters become compile-time constants: convenient for the small
     models here; for large ones pass them as arguments with :func:`split_forward`.
     """
     apply, params = split_forward(model)
-    return functools.partial(apply, params)
+    fn = functools.partial(apply, params)
+    fn.init_cache, fn.vocab_size = model.init_cache, model.vocab_size
+    return fn
 
 
 def next_token_loss(model: Transformer, tokens: jax.Array, mask: jax.Array | None = None, *,

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from itscale.core import checks, counting
 from itscale.core.sampler import Sampler, watch_within
 from itscale.tokens import sampling, sequences
-from itscale.tokens.model import token_model
+from itscale.tokens.model import token_model, validate_tokens
 from itscale.tokens.noise import gumbel_at
 from itscale.tokens.rollout import RolloutState, new_tokens_budget, prefill, resolve_new_tokens, watch_outputs
 
@@ -131,4 +131,5 @@ def jacobi(logits_fn: Callable, *, block: int | None = None, temperature: float 
         out = sequences.generation(state.decode.seq, decoding.pad_id)
         return JacobiGeneration(*out, state.iterations, state.decode.seq.done)
 
-    return Sampler(init, step, finalize, params, watch_within(watch_outputs, "decode"))
+    return Sampler(init, step, finalize, params, watch_within(watch_outputs, "decode"),
+                   validate=validate_tokens(model))

@@ -4,12 +4,17 @@
 fed position are the (unnormalised) log-probabilities of the token after it. The call is wrapped with
 ``counted(..., cost=token_positions)`` (NFE = batch x L per call).
 
-Cache. ``init_cache=None``: the model needs no cache and gets ``cache=None`` (e.g.
-``its.models.MarkovLM``, whose next-token law depends on the fed token only). Otherwise
-``init_cache(batch, max_len, start=start)`` builds an empty cache for sequences of ``max_len`` slots
-whose first ``start[b]`` slots are left padding (the signature of
+Cache. ``init_cache(batch, max_len, start=start)`` builds an empty cache for sequences of ``max_len``
+slots whose first ``start[b]`` slots are left padding (the signature of
 ``its.models.transformer.Transformer.init_cache`` and ``its.models.NGramLM.init_cache``); the samplers
-size it for the whole run, so it never overflows.
+size it for the whole run, so it never overflows. When it is not passed, it is found on the model: an
+``init_cache`` attribute of ``logits_fn`` itself (``its.models.transformer.logits_fn(model)``) or of the
+object a bound method belongs to (``lm.logits_fn`` of a ``MarkovLM`` / ``NGramLM``). A model without
+one gets ``cache=None`` and must need no context beyond the fed tokens (``Transformer.forward`` refuses
+``cache=None``, so a transformer never decodes without its context). ``vocab_size`` is found the same
+way; with it, concrete prompt ids outside [0, V) raise before the run. Ids outside the vocabulary fed
+inside the loop (where nothing could check them) make that row's logits NaN: the row is counted in
+``stats.nonfinite`` and becomes impossible (pad tokens, log-probability -inf), never a silent clip.
 
 Rewind. Parallel decoders feed tokens they may take back (Jacobi guesses, rejected speculative drafts)
 and then rewind the cache row by row. The default rule lowers a ``lengths`` (batch,) field of a
@@ -29,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from itscale.core import checks, counting
+from itscale.tokens import sampling, sequences
 
 
 def rewind_lengths(cache: Any, num_positions: jax.Array) -> Any:
@@ -42,12 +48,13 @@ def rewind_lengths(cache: Any, num_positions: jax.Array) -> Any:
 
 
 class TokenModel(NamedTuple):
-    """A counted ``logits_fn`` with its cache factory, rewind rule and length limit."""
+    """A counted ``logits_fn`` with its cache factory, rewind rule, length limit and vocabulary size."""
 
     logits_fn: Callable
     init_cache: Callable | None
     rewind_fn: Callable
     max_len: int | None
+    vocab_size: int | None = None
 
     def new_cache(self, batch: int, num_slots: int, start: jax.Array) -> Any:
         return None if self.init_cache is None else self.init_cache(batch, num_slots, start=start)
@@ -58,29 +65,73 @@ class TokenModel(NamedTuple):
                              f"{prompt_len + max_new_tokens} exceeds the model's max_len={self.max_len}; use "
                              "shorter prompts or fewer new tokens")
 
+    def check_prompts(self, x) -> None:
+        """Concrete prompt ids (``x`` = prompts or ``(prompts, lengths)``) must lie in [0, vocab_size)."""
+        if self.vocab_size is None or x is None:
+            return
+        prompts = checks.concrete(sequences.split_prompts(x)[0])
+        if prompts is None or prompts.dtype.kind not in "iu":
+            return
+        bad = (prompts < 0) | (prompts >= self.vocab_size)
+        if bad.any():
+            raise ValueError(f"prompts hold token ids outside the model's vocabulary [0, {self.vocab_size}): "
+                             f"{sorted(set(prompts[bad].tolist()))[:8]}")
+
     def __call__(self, tokens: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
-        logits, cache = self.logits_fn(tokens, cache)
+        out = self.logits_fn(tokens, cache)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(f"logits_fn must return a pair (logits, cache), got {type(out).__name__}"
+                            + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+                            + "; a model without cache returns (logits, None)")
+        logits, cache = out
         if jnp.ndim(logits) != 3 or jnp.shape(logits)[:2] != tokens.shape:
             raise ValueError(f"logits_fn fed tokens of shape {tokens.shape} returned logits of shape "
                              f"{jnp.shape(logits)}; expected (batch, L, vocab) = {tokens.shape + ('V',)}")
         if not jnp.issubdtype(jnp.result_type(logits), jnp.floating):
             raise TypeError(f"logits_fn must return floating logits, got dtype {jnp.result_type(logits)}")
-        return logits, cache
+        outside = jnp.any((tokens < 0) | (tokens >= jnp.shape(logits)[-1]), axis=1)     # per row: no collective
+        return jnp.where(outside[:, None, None], jnp.nan, logits), cache
 
     def rewind(self, cache: Any, num_positions: jax.Array) -> Any:
         return self.rewind_fn(cache, num_positions)
 
 
+def validate_tokens(*models: TokenModel) -> Callable[[Any, Any], None]:
+    """``Sampler.validate`` of a token sampler: decoding params in range, prompt ids in every model's
+    vocabulary."""
+
+    def check(x, params) -> None:
+        sampling.check_params(x, params)
+        for model in models:
+            model.check_prompts(x)
+
+    return check
+
+
+def found_on_model(logits_fn: Callable, attribute: str) -> Any:
+    """``logits_fn.<attribute>``, else that of the object ``logits_fn`` is a bound method of, else None."""
+    for owner in (logits_fn, getattr(logits_fn, "__self__", None)):
+        value = getattr(owner, attribute, None)
+        if value is not None:
+            return value
+    return None
+
+
 def token_model(name: str, logits_fn: Callable, init_cache: Callable | None = None,
                 rewind: Callable | None = None, max_len: int | None = None) -> TokenModel:
-    """Check the arguments and wrap ``logits_fn`` with ``counted(..., cost=token_positions)``."""
+    """Check the arguments, find the cache factory and vocabulary size on the model when not given, and
+    wrap ``logits_fn`` with ``counted(..., cost=token_positions)``."""
     if not callable(logits_fn):
         raise TypeError(f"{name} must be a callable logits_fn(tokens, cache) -> (logits, cache), "
                         f"got {type(logits_fn).__name__}")
+    if init_cache is None:
+        init_cache = found_on_model(logits_fn, "init_cache")
     for arg, value in (("init_cache", init_cache), ("rewind", rewind)):
         if value is not None and not callable(value):
             raise TypeError(f"{arg} must be None or a callable, got {type(value).__name__}")
     if max_len is not None:
         max_len = checks.positive_int("max_len", max_len)
+    vocab_size = found_on_model(logits_fn, "vocab_size")
+    vocab_size = vocab_size if isinstance(vocab_size, int) else None
     return TokenModel(counting.counted(logits_fn, cost=counting.token_positions), init_cache,
-                      rewind_lengths if rewind is None else rewind, max_len)
+                      rewind_lengths if rewind is None else rewind, max_len, vocab_size)

@@ -8,8 +8,9 @@ costs exactly ``batch x (P + N)`` NFE; the last feed leaves the state ready to c
 
 Noise (``noise="position"``, default): token ``i`` of row ``b`` is ``argmax(log q + g[b, i])`` with Gumbel
 noise ``g`` fixed by (run key, b, i) (``itscale.tokens.noise``), so ``jacobi`` with the same key returns
-the same tokens bit for bit. ``noise="step"`` draws ``g`` from the step key instead: particle methods
-that resample and duplicate rows (SMC) need it, so that copies diverge afterwards.
+the same tokens bit for bit. ``noise="step"`` draws ``g`` from the step key instead. Either way,
+resampling (:mod:`itscale.search.in_place`) leaves the per-row keys in their slots, so copies of a row
+made by SMC or a tree search diverge afterwards.
 
 The output holds ``max_new_tokens`` new columns; by default (None) that is the run's static
 ``num_steps`` (read with ``itscale.core.current_budget``), so ``its.run(rollout(f), key, prompts,
@@ -29,7 +30,7 @@ from itscale.core import checks
 from itscale.core.budget import current_budget
 from itscale.core.sampler import Sampler
 from itscale.tokens import sampling, sequences
-from itscale.tokens.model import TokenModel, token_model
+from itscale.tokens.model import TokenModel, token_model, validate_tokens
 from itscale.tokens.noise import gumbel_at, row_keys
 from itscale.tokens.sampling import Decoding
 from itscale.tokens.sequences import Sequences
@@ -145,4 +146,4 @@ def rollout(logits_fn: Callable, *, temperature: float = 1.0, top_k: int | None 
     def finalize(state):
         return sequences.generation(state.seq, decoding.pad_id)
 
-    return Sampler(init, step, finalize, params, watch=watch_outputs)
+    return Sampler(init, step, finalize, params, watch=watch_outputs, validate=validate_tokens(model))

@@ -65,6 +65,10 @@ def decoding(*, temperature=1.0, top_k=None, top_p=None, min_p=None, eos_id=None
     return Decoding(top_k, top_p is not None, min_p is not None, eos_id, pad_id), params
 
 
+check_params = checks.param_ranges(temperature=(0.0, math.inf), top_p=(0.0, 1.0), min_p=(0.0, 1.0))
+"""``Sampler.validate`` of the decoding params: temperature >= 0, top_p and min_p in [0, 1]."""
+
+
 def check_token_id(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a token id (a Python int >= 0), got {value!r}")

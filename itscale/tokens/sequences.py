@@ -18,7 +18,7 @@ finished rows while any row is running (static shapes), and count those evaluati
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,15 +78,25 @@ class Sequences(NamedTuple):
         return jnp.take_along_axis(self.tokens, column[:, None], axis=1)[:, 0]
 
 
+def split_prompts(x) -> tuple[Any, Any]:
+    """``(prompts, lengths or None)`` as given: a tuple, or a list of two arrays, is the pair
+    ``(prompts, lengths)``; any other list is the prompts themselves (``[[1, 2], [3, 4]]``)."""
+    pair_as_list = isinstance(x, list) and len(x) == 2 and not any(isinstance(part, list) for part in x) \
+        and all(jnp.ndim(part) >= 1 for part in x)
+    if isinstance(x, tuple) or pair_as_list:
+        if len(x) != 2:
+            raise ValueError("x must be prompts (batch, P) or a pair (prompts, lengths), got a tuple of "
+                             f"{len(x)}")
+        return x[0], x[1]
+    return (jnp.asarray(x) if isinstance(x, list) else x), None
+
+
 def parse_prompts(x) -> tuple[jax.Array, jax.Array]:
     """``(prompts, lengths)`` int32 from ``prompts`` or ``(prompts, lengths)``; see the module docstring."""
-    if isinstance(x, (tuple, list)):
-        if len(x) != 2:
-            raise ValueError("x must be prompts (batch, P) or a pair (prompts, lengths), got a sequence of "
-                             f"{len(x)}")
-        prompts, lengths = x
-    else:
-        prompts, lengths = x, None
+    prompts, lengths = split_prompts(x)
+    if jnp.ndim(prompts) == 1:
+        raise ValueError(f"prompts must be an int array of shape (batch, prompt_len), got shape "
+                         f"{jnp.shape(prompts)}; a single prompt is [[t0, t1, ...]] (or prompts[None])")
     prompts = checks.int_array("prompts", prompts, ndim=2).astype(jnp.int32)
     batch, prompt_len = prompts.shape
     if prompt_len == 0:

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from itscale.core import checks, counting
 from itscale.core.sampler import Sampler
 from itscale.tokens import noise, sampling, sequences
-from itscale.tokens.model import TokenModel, token_model
+from itscale.tokens.model import TokenModel, token_model, validate_tokens
 from itscale.tokens.rollout import new_tokens_budget, resolve_new_tokens
 from itscale.tokens.sequences import Sequences
 
@@ -206,4 +206,4 @@ def speculative(target_logits_fn: Callable, draft_logits_fn: Callable, *, gamma:
         """All but the KV caches (their NaN reach the sequences' log-probabilities)."""
         return state._replace(target_cache=None, draft_cache=None)
 
-    return Sampler(init, step, finalize, params, watch)
+    return Sampler(init, step, finalize, params, watch, validate=validate_tokens(target, draft))

@@ -21,7 +21,7 @@ from itscale.core import checks, counting
 from itscale.core.keys import split_per_particle
 from itscale.core.sampler import Sampler
 from itscale.tokens import sampling, sequences
-from itscale.tokens.model import token_model
+from itscale.tokens.model import token_model, validate_tokens
 from itscale.tokens.noise import row_keys
 from itscale.tokens.rollout import decode_token, new_tokens_budget, prefill, watch_outputs
 from itscale.tokens.sampling import check_token_id
@@ -166,4 +166,4 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
     def finalize(state):
         return sequences.generation(state.seq, decoding.pad_id)
 
-    return Sampler(init, step, finalize, params, watch=watch_outputs)
+    return Sampler(init, step, finalize, params, watch=watch_outputs, validate=validate_tokens(model))

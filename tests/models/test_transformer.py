@@ -118,10 +118,12 @@ def test_scan_decode_matches_no_cache_greedy():
 
         return jax.lax.scan(body, (logits[:, -1], cache), None, length=new)[1].T
 
+    graphdef = nnx.split(model)[0]
+
     @jax.jit
     def recomputed(params, prompts):
         def body(tokens, i):
-            logits, _ = apply(params, tokens, None)
+            logits = nnx.merge(graphdef, params)(tokens)
             token = jnp.argmax(logits[:, 3 + i], -1)
             return tokens.at[:, 4 + i].set(token), token
 

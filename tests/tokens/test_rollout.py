@@ -178,7 +178,7 @@ def test_bad_input_raises_clear_errors():
     key = jax.random.key(0)
     with pytest.raises(TypeError, match="prompts must be an integer array"):
         its.run(sampler, key, jnp.zeros((2, 3)), num_steps=2)
-    with pytest.raises(ValueError, match="prompts must have 2 dimensions"):
+    with pytest.raises(ValueError, match=r"prompts must be an int array of shape \(batch, prompt_len\)"):
         its.run(sampler, key, jnp.zeros((3,), int), num_steps=2)
     with pytest.raises(ValueError, match="at least one token"):
         its.run(sampler, key, jnp.zeros((2, 0), int), num_steps=2)

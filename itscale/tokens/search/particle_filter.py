@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
 from itscale.core import checks
 from itscale.core.sampler import Sampler
@@ -42,6 +43,9 @@ def log_odds(probability) -> jnp.ndarray:
     r = jnp.where((r > top) & (r <= 1), top, r)
     inside = (r >= 0) & (r <= 1)
     return jnp.where(inside, jnp.log(r) - jnp.log1p(-jnp.where(inside, r, 0)), jnp.nan)
+
+
+_check_tau = checks.param_ranges(tau=(float(np.finfo(np.float32).tiny), float("inf")))
 
 
 def particle_filter(logits_fn: Callable, process_reward_fn: Callable, *, nfe_budget: int, num_steps: int,
@@ -77,4 +81,9 @@ def particle_filter(logits_fn: Callable, process_reward_fn: Callable, *, nfe_bud
     def step(key, state, ctx, params):
         return inner.step(key, state, ctx, as_smc(params))
 
-    return Sampler(init, step, inner.finalize, ParticleFilterParams(inner.params.base, tau), inner.watch)
+    def check(x, params):
+        _check_tau(x, params)
+        inner.validate(x, as_smc(params))
+
+    return Sampler(init, step, inner.finalize, ParticleFilterParams(inner.params.base, tau), inner.watch,
+                   validate=check)

@@ -37,7 +37,7 @@ from itscale.core.keys import split_per_particle
 from itscale.core.particles import particles
 from itscale.core.sampler import Sampler, watch_within
 from itscale.search.in_place import resample_in_place
-from itscale.search.smc import SMCOutput, SMCParams, smc
+from itscale.search.smc import SMCOutput, SMCParams, check_params, smc
 from itscale.tokens import sequences
 from itscale.tokens.search.budget import SearchSplit, check_budget, plan_search
 from itscale.tokens.search.shared_prompt import shared_prompt
@@ -126,4 +126,5 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
         prompt_len = state.base.seq.tokens.shape[-1] - num_steps * step_length
         return TokenSMCOutput(for_state(state).finalize(state), plan(prompt_len).as_arrays())
 
-    return Sampler(init, step, finalize, SMCParams(base.params, lam, ess_threshold), watch_within(base.watch, "base"))
+    return Sampler(init, step, finalize, SMCParams(base.params, lam, ess_threshold), watch_within(base.watch, "base"),
+                   validate=check_params(base))

@@ -243,4 +243,5 @@ def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *,
                             invalid_rewards=state.invalid_rewards,
                             split=plan(state.rollout.seq.prompt_len).as_arrays())
 
-    return Sampler(init, step, finalize, make_params(base.params), watch_within(base.watch, "rollout"))
+    return Sampler(init, step, finalize, make_params(base.params), watch_within(base.watch, "rollout"),
+                   validate=lambda x, params: base.validate(x, params.base))
