@@ -1,6 +1,6 @@
 """Train-or-load a small decoder-only transformer on worked multi-digit addition.
 
-The task is :mod:`itscale.verifiers.arithmetic`: prompt ``a+b=`` (left-padded with PAD, which the
+The task is :mod:`itscale.verifiers.arithmetic_task`: prompt ``a+b=`` (left-padded with PAD, which the
 model sees as a token in training and at inference alike), completion = the per-digit worked steps,
 ``#``, the answer, EOS. Training minimises the next-token cross-entropy of the completion
 (:func:`itscale.models.transformer.next_token_loss` with the completion mask) with AdamW and a

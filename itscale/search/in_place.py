@@ -41,9 +41,8 @@ from itscale.core import checks
 from itscale.search.resampling import _fill_slots, _prefix
 
 CHUNK = 16
-# Leaves with at least this many bytes per particle are copied in place; smaller ones are gathered.
-# Measured on CPU (N = 512 and 4096, half the particles dying): gathering rows of 1 KiB is faster
-# than the loop, copying rows of 4 KiB in place is faster than gathering them.
+# Leaves with at least this many bytes per particle are copied in place; smaller ones, whose rows cost
+# less to gather than a loop iteration, are gathered (the threshold is measured: docs/performance.md).
 IN_PLACE_MIN_ROW_BYTES = 4096
 
 

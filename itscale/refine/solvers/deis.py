@@ -23,17 +23,16 @@ tAB2 (it counts the polynomial degree); the first steps use the points available
 as the reference code does.
 
 Corrected start (``deis_3``; not in the paper): the first DDIM step's O(h^2) local error would cap the
-global order at 2 (measured slopes 2.6, 2.4, 1.8, 1.8 from 8 to 128 steps on the log-SNR grid of
-``tests/refine/test_ode_order_exponential.py``). The second step therefore first re-solves the first
-with eps linear in t between its two evaluations (the trapezoidal rule of the same integral, as UniPC's
-corrector does at every step), at no extra model call: x_1 = x~_1 + R (eps~_1 - eps_0),
-R = alpha_1 int_{rho_0}^{rho_1} (tau - t_0) / (t_1 - t_0) d rho(tau), folded into that step's weights.
+global order at 2 (``tests/refine/test_ode_order_exponential.py``). The second step therefore first
+re-solves the first with eps linear in t between its two evaluations (the trapezoidal rule of the same
+integral, as UniPC's corrector does at every step), at no extra model call:
+x_1 = x~_1 + R (eps~_1 - eps_0), R = alpha_1 int_{rho_0}^{rho_1} (tau - t_0) / (t_1 - t_0) d rho(tau),
+folded into that step's weights.
 R diverges where alpha(t_0) = 0 (rho_0 = inf), so a grid starting there (the linear path at t = 1) keeps
 the uncorrected start and ``deis_3`` is order 2 on it.
 
 Since eps is extrapolated in t, the order needs eps smooth in t along the trajectory; on the VP path near
-t = 0 (sigma ~ sqrt(t)) a uniform-t grid loses it (deis_3 measured 1.4 from 128 to 256 steps down to
-t = 1e-3), the log-SNR grid keeps it.
+t = 0 (sigma ~ sqrt(t)) a uniform-t grid loses it, the log-SNR grid keeps it.
 
 The C_ij depend only on the grid: they are computed once per grid by Gauss--Legendre quadrature in
 lambda = -log rho, where the integrand rho ell_j(tau(lambda)) is smooth (in rho on a step ending at

@@ -75,13 +75,12 @@ def _step(tableau: Tableau):
         return list(counting.scan(stage, slopes, jnp.arange(1, m))[0])
 
     def step(model: Model, state: RungeKuttaState, clock: Clock, key, params):
-        """Unrolled, XLA schedules every stage's time features (the model's work on t alone) at the
-        start of the step, where their activations (batch x width each) stay live across the earlier
-        stages: at batch 4096 that made RK4, Heun and midpoint 4-12% slower than diffrax, whose stages
-        run one per loop iteration. A loop iteration costs ~15 us of small kernels on CPU (5-15% of a
-        step at batch 64), so the later stages loop only for states of ``LOOP_MIN_SIZE`` entries or more.
-        (``lax.optimization_barrier`` is removed before that scheduling on CPU, and a data dependency
-        on the previous stage would be a cross-device collective on a sharded batch.)
+        """The later stages run one per loop iteration for states of ``LOOP_MIN_SIZE`` entries or more:
+        unrolled, XLA schedules every stage's time features (the model's work on t alone) at the start
+        of the step, where their activations (batch x width each) stay live across the earlier stages;
+        on smaller states the loop's fixed cost per iteration outweighs that. (``lax.optimization_barrier``
+        is removed before that scheduling on CPU, and a data dependency on the previous stage would be a
+        cross-device collective on a sharded batch.)
 
         Stages and the update are computed in the times' dtype (at least float32); the model gets each
         stage point in the state's dtype. When ``clock.denoise`` is set (a grid ending where the path's

@@ -1,1 +1,0 @@
-"""itscale.hybrid."""
