@@ -17,6 +17,7 @@ from experiments.common import markdown_table, write_json_atomic, write_text_ato
 
 MODULES = [
     "experiments.bench.core",
+    "experiments.bench.weights",
     "experiments.bench.search",
     "experiments.bench.refine",
     "experiments.bench.decode",

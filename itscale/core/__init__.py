@@ -10,11 +10,13 @@ from itscale.core.particles import particles
 from itscale.core.predictor_corrector import predictor_corrector
 from itscale.core.run import Result, SaveAt, Stats, Trace, count_nonfinite, run
 from itscale.core.sampler import Sampler, StepContext, identity_finalize
+from itscale.core.weights import ModelProxy, binding, takes_models
 
 __all__ = [
-    "Result", "Sampler", "SaveAt", "Stats", "StepContext", "Trace", "batch_size", "budget_scope", "chain",
+    "ModelProxy", "Result", "Sampler", "SaveAt", "Stats", "StepContext", "Trace", "batch_size", "binding",
+    "budget_scope", "chain",
     "checks", "current_budget",
     "cond", "count_nonfinite", "counted", "eval_shape", "identity_finalize", "particles",
-    "predictor_corrector", "run", "scan", "sharding", "split_per_particle", "step_key", "switch", "token_positions",
+    "predictor_corrector", "run", "scan", "sharding", "split_per_particle", "step_key", "switch", "takes_models", "token_positions",
     "vmap", "while_loop",
 ]

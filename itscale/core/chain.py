@@ -17,10 +17,12 @@ import numpy as np
 from itscale.core import checks, counting
 from itscale.core.budget import budget_scope
 from itscale.core.sampler import Sampler, StepContext, validate
+from itscale.core.weights import takes_models
 
 _INIT_STREAM = 0x7FFFFFFF  # fold-in constant for a phase's init key, distinct from any step index
 
 
+@takes_models
 def chain(*phases: tuple[Sampler, int]) -> Sampler:
     """Compose ``(sampler, num_steps)`` phases into one sampler of ``sum(num_steps)`` steps."""
     if not phases:

@@ -12,8 +12,10 @@ import jax
 from itscale.core import checks, counting
 from itscale.core.keys import split_per_particle
 from itscale.core.sampler import Sampler
+from itscale.core.weights import takes_models
 
 
+@takes_models
 def particles(sampler: Sampler, num_particles: int) -> Sampler:
     """Vectorise ``sampler`` over ``num_particles`` particles; ``x`` must lead with that axis."""
     if not isinstance(sampler, Sampler):

@@ -12,8 +12,10 @@ import jax
 
 from itscale.core import checks, counting
 from itscale.core.sampler import Sampler, validate
+from itscale.core.weights import takes_models
 
 
+@takes_models
 def predictor_corrector(predictor: Sampler, corrector: Sampler, *, corrector_steps: int = 1) -> Sampler:
     """Follow every ``predictor`` step with ``corrector_steps`` steps of ``corrector``."""
     for name, s in (("predictor", predictor), ("corrector", corrector)):

@@ -22,6 +22,7 @@ from itscale.core import checks, counting
 from itscale.core.budget import budget_scope
 from itscale.core.keys import as_key, step_key
 from itscale.core.sampler import Sampler, StepContext, validate, watched
+from itscale.core.weights import binding
 
 MAX_STEPS = 2 ** 31 - 2
 """Largest ``num_steps``: step indices are int32."""
@@ -114,8 +115,7 @@ class _Tally(NamedTuple):
     """Counts of the loop. ``nonfinite`` and ``first_nonfinite_step`` are kept per watched floating
     leaf and per index of its leading axis (a scalar leaf: one entry), and summed / minimised only
     after the loop: each row's check stays on the device that holds the row, so a run sharded over
-    its sample axis needs no collective per step (a per-step global reduction made the 2-device
-    Euler loop at batch 64 slower than one device)."""
+    its sample axis needs no collective per step."""
 
     counts: dict[str, _Count]
     nonfinite: tuple[jax.Array, ...]
@@ -151,9 +151,7 @@ def _floating_leaves(tree) -> list:
 def nonfinite_per_row(tree) -> tuple[jax.Array, ...]:
     """Per floating leaf of ``tree``: the number of non-finite values in each index of its leading
     axis (int32 of shape ``leaf.shape[:1]``; a scalar leaf gives a scalar). Reductions never cross the
-    leading axis, so they stay local to the device of each row on a sharded sample axis. Costs about
-    2x a global ``max |x|`` test of the same state on CPU (measured per step on a 256 x 4096 state:
-    250 vs 110 us), small next to any network evaluation on such a state."""
+    leading axis, so they stay local to the device of each row on a sharded sample axis."""
     return tuple(jnp.sum(~jnp.isfinite(leaf), axis=tuple(range(1, jnp.ndim(leaf))), dtype=jnp.int32)
                  for leaf in _floating_leaves(tree))
 
@@ -216,8 +214,7 @@ def _param_dtype(default):
 def _as_dtype(name: str, value, dtype):
     """``value`` as a strongly typed array of ``dtype``, or an error naming the parameter when the dtype
     cannot represent it (a string, a fraction for an integer, a float beyond the float range). Host
-    values stay on the host (a numpy array costs ~1 us here, a device array ~50 us; jit transfers it
-    with the call)."""
+    values stay on the host: jit transfers them with the call, cheaper than making a device array."""
     kind = jnp.dtype(dtype).kind
     if isinstance(value, jax.Array):
         if jnp.issubdtype(value.dtype, jnp.inexact) and kind in "biu":
@@ -278,12 +275,14 @@ def run(sampler: Sampler, key, x, *, num_steps: int, params=None, trace=None) ->
     x = jax.tree.map(lambda leaf: leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf), x)
     params = _canonical_params(sampler, params)
     validate(sampler, x, params)
-    return _run(sampler._replace(params=None), num_steps, save, key, x, params)
+    static = sampler._replace(params=None, weights=tuple((slot, None) for slot, _ in sampler.weights))
+    return _run(static, num_steps, save, key, x, params, tuple(w for _, w in sampler.weights))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _run(sampler: Sampler, num_steps: int, save: SaveAt | None, key, x, params) -> Result:
-    with budget_scope(num_steps):
+def _run(sampler: Sampler, num_steps: int, save: SaveAt | None, key, x, params, weights) -> Result:
+    """The compiled loop; ``weights`` are the models' weights, bound to the sampler's slots while tracing."""
+    with budget_scope(num_steps), binding(zip((slot for slot, _ in sampler.weights), weights)):
         return _loop(sampler, num_steps, save, key, x, params)
 
 

@@ -19,8 +19,8 @@ for non-finite values after every step (default: all of it). A sampler whose sta
 buffer derived from a small one (a KV cache and the logits computed with it) watches the small one:
 a NaN in the cache reaches the logits of the same forward, and the check no longer reads the whole
 cache every step. A transform of such a sampler passes a watch on (``particles``, ``smc``, the token
-searches): one that watches all of a KV cache re-reads it every step (in the step-level searches that
-also cost an extra copy of every gathered cache: beam search went from 1.38x to 1.12x plain sampling).
+searches): one that watches all of a KV cache re-reads it every step (and in the step-level searches
+copies every gathered cache once more).
 
 The optional sixth field ``prior(key, x) -> x'`` says what a *query* is. For a refinement sampler the
 query is the shape (and any conditioning) of ``x``, and the values of ``x`` are one draw of initial
@@ -36,6 +36,11 @@ outside the vocabulary). ``its.run`` calls it before tracing with the user's ``x
 (``x`` may be None when a combinator checks parameters only); it must raise ``ValueError`` naming the
 argument, skip traced values (:func:`itscale.core.checks.concrete`), and not depend on leading axes
 (combinators pass ``x`` with extra particle axes).
+
+The eighth field ``weights`` holds the weights of the models the sampler was built with, as
+``((slot, weights), ...)``; ``its.run`` passes them to the compiled loop as arguments (never as
+constants) and binds them to the functions' model stand-ins (:mod:`itscale.core.weights`). A sampler
+written by hand over closures has none.
 """
 
 from __future__ import annotations
@@ -54,8 +59,8 @@ class StepContext(NamedTuple):
 
 
 class Sampler(NamedTuple):
-    """``Sampler(init, step, finalize, params=None, watch=None, prior=None, validate=None)``: see the
-    module docstring."""
+    """``Sampler(init, step, finalize, params=None, watch=None, prior=None, validate=None, weights=())``:
+    see the module docstring."""
 
     init: Callable[..., Any]
     step: Callable[..., Any]
@@ -64,6 +69,7 @@ class Sampler(NamedTuple):
     watch: Callable[[Any], Any] | None = None
     prior: Callable[[Any, Any], Any] | None = None
     validate: Callable[[Any, Any], None] | None = None
+    weights: tuple = ()
 
 
 def watched(sampler: Sampler, state):

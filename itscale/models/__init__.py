@@ -1,7 +1,9 @@
 """Model-function interfaces, analytic ground-truth models and networks."""
 
+from itscale.models.bound import Bound, bind
 from itscale.models.gaussian_mixture import GaussianMixture
 from itscale.models.markov import MarkovLM, NGramLM
 from itscale.models.mlp import MLP, as_fn
+from itscale.models.penzai_adapter import from_penzai  # imports penzai only when called
 from itscale.models.training import train
 from itscale.models.transformer import KVCache, Transformer, next_token_loss, split_forward

@@ -21,28 +21,19 @@ KV cache (:class:`KVCache`, a pytree). Per layer, K and V buffers of shape
   position of slot ``s`` is ``s - start[b]``, so every row behaves exactly as if it had no padding and
   all rows' next-token logits are ``logits[:, -1]``.
 
-Attention (measured on a 2-core CPU, ``experiments/bench/decode.py``). New queries attend to the
-cached slots ``start <= t < lengths`` and causally to the new keys; the cache is read *before* the new
-keys are written, and the write is made data-dependent on that read, so XLA updates the buffers in
-place inside ``lax.scan`` (otherwise it copies both whole buffers per layer and step: 1.7-2.3x the CPU
-time per decode step at batch 1 and 32). The masked read covers the whole static buffer (no dynamic
-shapes, no retracing), so a decode step costs the network FLOPs of one position plus
-``O(max_len * width)`` attention reads.
-The heads-before-slots layout makes each head's keys one contiguous ``(max_len, head_dim)`` block:
-decode attention at batch 32 is 13x faster than with ``(batch, max_len, heads, head_dim)`` buffers,
-which XLA transposes every step. Measured and not kept (batch 32, 80-144 slots): reading only the
-filled slots -- on XLA:CPU a slice of the buffer is a copy, slower than reading the whole buffer,
-whether static per ``lax.switch`` bucket or one chunk per ``while_loop`` iteration with an online
-softmax (3x the attention time); separate per-chunk buffers avoid the copy but saved at most 6% of a
-step; writing the new keys first and attending over the updated buffer saved at most 2% at batch 32
-and copied both buffers per step at batch 1 (XLA turns the single-row scatter into an update it
-duplicates into the attention's read).
+Attention. New queries attend to the cached slots ``start <= t < lengths`` and causally to the new
+keys; the cache is read *before* the new keys are written, and the write is made data-dependent on
+that read, so XLA updates the buffers in place inside ``lax.scan`` instead of copying both whole
+buffers per layer and step. The masked read covers the whole static buffer (no dynamic shapes, no
+retracing), so a decode step costs the network FLOPs of one position plus ``O(max_len * width)``
+attention reads. The heads-before-slots layout makes each head's keys one contiguous
+``(max_len, head_dim)`` block, which a ``(batch, max_len, heads, head_dim)`` layout would make XLA
+transpose every step. (Measurements, and the alternatives tried and not kept: ``docs/performance.md``.)
 
 RoPE angles. The ``(cos, sin)`` of every slot a forward can address (``max_len + L`` with a cache,
 ``L`` without) form a table computed at trace time (a constant of the compiled program), gathered at
-the query positions once per forward for all layers. Computed in the graph instead, XLA fuses the
-sin/cos into each layer's q/k fusions and re-evaluates them per element: 0.47 vs 0.06 ms of a
-5.5-6 ms decode step at batch 32.
+the query positions once per forward for all layers (computed in the graph instead, XLA fuses the
+sin/cos into each layer's q/k fusions and re-evaluates them per element).
 
 Pure functions. ``logits_fn(model)`` returns ``logits_fn(tokens, cache) -> (logits, cache)`` with the
 parameters closed over (a snapshot) and the model's ``init_cache`` and ``vocab_size`` attached, so the
@@ -169,7 +160,7 @@ class Block(nnx.Module):
         if kv is not None:
             # Make the write depend on the reads of the old buffers (x * 0 is not folded for floats):
             # XLA then orders it after them and updates the buffers in place. Without this
-            # dependency it copies both whole buffers every step (measured: about 2x slower decode).
+            # dependency it copies both whole buffers every step.
             after_reads = (attended[:, :1, :1, :1] * 0).astype(k.dtype)          # (B, 1, 1, 1)
             kv = tuple(write_columns(buffer, query_slots, _heads_first(new + after_reads), axis=2)
                        for buffer, new in zip(kv, (k, v)))

@@ -21,8 +21,10 @@ from itscale.core.sampler import Sampler
 from itscale.paths.path import Path
 from itscale.refine.flow_to_sde import counted_velocity
 from itscale.refine.ode import ode
+from itscale.core.weights import takes_models
 
 
+@takes_models
 def ddpm(model_fn: Callable, path: Path, *, grid="uniform", prediction: str = "velocity") -> Sampler:
     """DDPM ancestral sampler of ``model_fn`` (predicting ``prediction`` on ``path``); params {"eta": 1}."""
     sampler = ode(counted_velocity(model_fn, path, prediction), solver="ddim", grid=grid, path=path)

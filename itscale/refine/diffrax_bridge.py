@@ -55,6 +55,7 @@ from itscale.refine.grid_times import grid_times, round_like
 from itscale.refine.prior import noise_prior
 from itscale.refine.sde import check_noise
 from itscale.refine.solvers import Clock, Model
+from itscale.core.weights import takes_models
 
 _check_tolerances = checks.param_ranges(rtol=(0.0, float("inf")), atol=(0.0, float("inf")))
 
@@ -142,6 +143,7 @@ def _first_velocity(dense_info, x, x_next, h):
     return None
 
 
+@takes_models
 def diffrax_ode(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = None, *, grid="uniform",
                 path: Path | None = None) -> Sampler:
     """One step of an explicit diffrax ``solver`` (default ``diffrax.Heun()``) per grid interval.
@@ -221,6 +223,7 @@ def _adaptive_solve(solver, costs: EvaluationCounts, term, controller, s0, s1, y
     return lax.while_loop(not_done, attempt, start)
 
 
+@takes_models
 def adaptive(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = None, *, rtol: float = 1e-5,
              atol: float = 1e-5, max_steps: int = 4096, dt0: float | None = None, grid="uniform",
              path: Path | None = None) -> Sampler:

@@ -35,6 +35,7 @@ from itscale.refine.grid_times import grid_times, round_like
 from itscale.refine.prior import noise_prior
 from itscale.refine.sde import SDEState, check_noise
 from itscale.refine.solvers import Clock, Model
+from itscale.core.weights import takes_models
 
 _check_params = checks.param_ranges(snr=(0.0, float("inf")))
 
@@ -44,6 +45,7 @@ def _mean_noise_norm(dims: int) -> float:
     return math.sqrt(2.0) * math.exp(math.lgamma((dims + 1) / 2) - math.lgamma(dims / 2))
 
 
+@takes_models
 def langevin(model_fn: Callable, path: Path, *, grid="uniform", prediction: str = "velocity") -> Sampler:
     """Langevin corrector for ``model_fn`` (predicting ``prediction`` on ``path``); params {"snr": 0.16}."""
     model = Model(counted_velocity(model_fn, path, prediction), path)

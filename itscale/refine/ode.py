@@ -58,6 +58,7 @@ from itscale.refine.prior import noise_prior
 from itscale.refine.sde import check_noise
 from itscale.refine.solvers import SOLVERS, Clock, Model
 from itscale.refine.solvers.base import denoise_flag
+from itscale.core.weights import takes_models
 
 _check_params = checks.param_ranges(eta=(0.0, float("inf")))
 
@@ -71,6 +72,7 @@ def _schedule_row(spec, path, times, step) -> dict:
     return {k: jnp.asarray(v, times.dtype)[step] for k, v in spec.schedule(path, times).items()}
 
 
+@takes_models
 def ode(velocity_fn: Callable, solver: str = "euler", grid="uniform", path: Path | None = None) -> Sampler:
     """A sampler integrating dx/dt = velocity_fn(x, t) from t_max to t_min; see the module docstring.
 

@@ -39,6 +39,7 @@ from itscale.refine.prior import noise_prior
 from itscale.refine.sde import SDEState, check_noise
 from itscale.refine.solvers import SOLVERS, Clock, Model
 from itscale.refine.solvers.base import denoise_flag
+from itscale.core.weights import takes_models
 
 _check_params = checks.param_ranges(t_restart_min=(0.0, 1.0), t_restart_max=(0.0, 1.0))
 
@@ -73,6 +74,7 @@ def renoise(path: Path, key, x, t_low, t_high):
     return gaussian_move(key, (alpha_hi / alpha_lo) * x, std)
 
 
+@takes_models
 def restart(velocity_fn: Callable, path: Path, *, restarts: int = 2, restart_steps: int = 4,
             solver: str = "heun", grid="uniform", prediction: str = "velocity") -> Sampler:
     """Restart sampler; see the module docstring. params ``{"t_restart_min": 0.1, "t_restart_max": 0.3}``."""

@@ -42,6 +42,7 @@ from itscale.refine.gaussian_transition import gaussian_move
 from itscale.refine.grid_times import grid_times, round_like
 from itscale.refine.prior import noise_prior
 from itscale.refine.solvers import Clock, Model
+from itscale.core.weights import takes_models
 
 SOLVERS = ("euler_maruyama",)
 _check_params = checks.param_ranges(g_scale=(0.0, float("inf")))
@@ -83,6 +84,7 @@ def euler_maruyama_step(model: Model, coefficient: DiffusionCoefficient, x, cloc
     return x_s, {"x0_hat": x0_hat, "log_prob": log_prob}
 
 
+@takes_models
 def sde(model_fn: Callable, path: Path, *, g: str | Callable = "kim", solver: str = "euler_maruyama",
         grid="uniform", prediction: str = "velocity") -> Sampler:
     """Reverse-SDE sampler keeping the marginals of ``model_fn``'s flow; see the module docstring.

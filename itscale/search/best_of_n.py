@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from itscale.core import checks, counting
 from itscale.core.sampler import Sampler
+from itscale.core.weights import takes_models
 
 _NOISE_STREAM = 0x2015E  # fold-in constant: the candidates' fresh noise, distinct from the base init's key
 
@@ -44,6 +45,7 @@ class BestOfNOutput(NamedTuple):
     num_candidates: jax.Array
 
 
+@takes_models
 def best_of_n(sampler: Sampler, reward_fn: Callable, *, num_candidates: int) -> Sampler:
     """Draw ``num_candidates`` outputs per query with ``sampler`` and keep the highest ``reward_fn``."""
     if not isinstance(sampler, Sampler):

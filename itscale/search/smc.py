@@ -45,6 +45,7 @@ from itscale.core import checks, counting
 from itscale.core.sampler import Sampler, validate, watch_within
 from itscale.search import potentials, resampling
 from itscale.search.in_place import resample_in_place
+from itscale.core.weights import takes_models
 
 _RESAMPLE_STREAM = 0x5EED  # fold-in constant: resampling key, distinct from the base step's key
 
@@ -135,6 +136,7 @@ def check_params(sampler: Sampler) -> Callable[[Any, SMCParams], None]:
     return check
 
 
+@takes_models
 def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential: str = "difference",
         resample: str = "systematic", ess_threshold: float = 0.5, lam: float = 1.0,
         preview: Callable[[Any, Any], Any] | None = None) -> Sampler:

@@ -35,6 +35,7 @@ from itscale.tokens import sampling, sequences
 from itscale.tokens.model import token_model, validate_tokens
 from itscale.tokens.noise import gumbel_at
 from itscale.tokens.rollout import RolloutState, new_tokens_budget, prefill, resolve_new_tokens, watch_outputs
+from itscale.core.weights import takes_models
 
 
 class JacobiGeneration(NamedTuple):
@@ -57,6 +58,7 @@ class JacobiState(NamedTuple):
     iterations: jax.Array   # (batch,) int32
 
 
+@takes_models
 def jacobi(logits_fn: Callable, *, block: int | None = None, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
            eos_id: int | None = None, pad_id: int = 0, max_new_tokens: int | None = None,

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from itscale.core import checks, counting
+from itscale.core.weights import ModelProxy
 from itscale.tokens import sampling, sequences
 
 
@@ -133,5 +134,7 @@ def token_model(name: str, logits_fn: Callable, init_cache: Callable | None = No
         max_len = checks.positive_int("max_len", max_len)
     vocab_size = found_on_model(logits_fn, "vocab_size")
     vocab_size = vocab_size if isinstance(vocab_size, int) else None
+    if isinstance(logits_fn, ModelProxy) and hasattr(logits_fn, "forward"):
+        logits_fn = logits_fn.forward               # an NNX token model: forward(tokens, cache)
     return TokenModel(counting.counted(logits_fn, cost=counting.token_positions), init_cache,
                       rewind_lengths if rewind is None else rewind, max_len, vocab_size)

@@ -34,6 +34,7 @@ from itscale.tokens.model import TokenModel, token_model, validate_tokens
 from itscale.tokens.noise import gumbel_at, row_keys
 from itscale.tokens.sampling import Decoding
 from itscale.tokens.sequences import Sequences
+from itscale.core.weights import takes_models
 
 
 class RolloutState(NamedTuple):
@@ -106,6 +107,7 @@ def watch_outputs(state: RolloutState):
     return state.seq, state.next_logits
 
 
+@takes_models
 def rollout(logits_fn: Callable, *, temperature: float = 1.0, top_k: int | None = None,
             top_p: float | None = None, min_p: float | None = None, eos_id: int | None = None,
             pad_id: int = 0, max_new_tokens: int | None = None, init_cache: Callable | None = None,

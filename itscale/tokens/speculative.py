@@ -43,6 +43,7 @@ from itscale.tokens import noise, sampling, sequences
 from itscale.tokens.model import TokenModel, token_model, validate_tokens
 from itscale.tokens.rollout import new_tokens_budget, resolve_new_tokens
 from itscale.tokens.sequences import Sequences
+from itscale.core.weights import takes_models
 
 
 class SpeculativeGeneration(NamedTuple):
@@ -101,6 +102,7 @@ def _logits_shape(model: TokenModel, aligned: jax.Array, cache: Any) -> jax.Shap
     return counting.eval_shape(model, aligned[:, -1:], cache)[0]
 
 
+@takes_models
 def speculative(target_logits_fn: Callable, draft_logits_fn: Callable, *, gamma: int,
                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                 min_p: float | None = None, eos_id: int | None = None, pad_id: int = 0,

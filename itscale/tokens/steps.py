@@ -25,6 +25,7 @@ from itscale.tokens.model import token_model, validate_tokens
 from itscale.tokens.noise import row_keys
 from itscale.tokens.rollout import decode_token, new_tokens_budget, prefill, watch_outputs
 from itscale.tokens.sampling import check_token_id
+from itscale.core.weights import takes_models
 
 
 def _check_split(separator_id, step_length) -> tuple[int | None, int | None]:
@@ -92,6 +93,7 @@ class _StepLoop(NamedTuple):
     model_log_prob: jax.Array  # (batch,) sum of the step's model log-probs
 
 
+@takes_models
 def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  min_p: float | None = None, eos_id: int | None = None, pad_id: int = 0,

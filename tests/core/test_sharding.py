@@ -86,7 +86,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
 
     def loop_collectives(sampler, x):
         text = _run.lower(sampler._replace(params=None), 6, None, jax.random.key(1), x,
-                          sampler.params).compile().as_text()
+                          sampler.params, ()).compile().as_text()
         ops = ("all-reduce(", "all-gather(", "all-to-all(", "collective-permute(", "reduce-scatter(")
         return [line for line in text.splitlines() if any(op in line for op in ops) and "/while/" in line]
 

@@ -21,6 +21,7 @@ from jax import lax
 from itscale.core import checks
 from itscale.core.sampler import Sampler
 from itscale.tokens.search.tree import tree_search
+from itscale.core.weights import takes_models
 
 
 def keep_top_beams(num_beams: int, expansions: int):
@@ -36,6 +37,7 @@ def keep_top_beams(num_beams: int, expansions: int):
     return select
 
 
+@takes_models
 def beam_search(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_steps: int,
                 step_length: int, expansions: int = 4, separator_id: int | None = None,
                 expansion: str = "sample", **rollout_options) -> Sampler:

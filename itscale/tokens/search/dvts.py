@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from itscale.core import checks
 from itscale.core.sampler import Sampler
 from itscale.tokens.search.tree import tree_search
+from itscale.core.weights import takes_models
 
 
 def keep_best_child(scores, live, done, params):
@@ -32,6 +33,7 @@ def keep_best_child(scores, live, done, params):
     return jax.nn.one_hot(best, slots, dtype=jnp.int32) * children[..., None].astype(jnp.int32)
 
 
+@takes_models
 def dvts(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_steps: int, step_length: int,
          subtree_width: int = 4, separator_id: int | None = None, **rollout_options) -> Sampler:
     """DVTS with ``nfe_budget // (num_steps · step_length · subtree_width)`` subtrees (after the prompt)

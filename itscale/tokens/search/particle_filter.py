@@ -26,6 +26,7 @@ from itscale.core import checks
 from itscale.core.sampler import Sampler
 from itscale.search.smc import SMCParams
 from itscale.tokens.search.smc import token_smc
+from itscale.core.weights import takes_models
 
 
 class ParticleFilterParams(NamedTuple):
@@ -48,6 +49,7 @@ def log_odds(probability) -> jnp.ndarray:
 _check_tau = checks.param_ranges(tau=(float(np.finfo(np.float32).tiny), float("inf")))
 
 
+@takes_models
 def particle_filter(logits_fn: Callable, process_reward_fn: Callable, *, nfe_budget: int, num_steps: int,
                     step_length: int, tau: float = 1.0, separator_id: int | None = None,
                     resample: str = "systematic", **rollout_options) -> Sampler:

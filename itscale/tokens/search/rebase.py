@@ -20,6 +20,7 @@ from itscale.core import checks
 from itscale.core.sampler import Sampler
 from itscale.search.allocation import apportion
 from itscale.tokens.search.tree import tree_search
+from itscale.core.weights import takes_models
 
 
 class RebaseParams(NamedTuple):
@@ -40,6 +41,7 @@ def balance_children(scores, live, done, params):
     return jnp.where(complete, 1, apportion(logits, budget))
 
 
+@takes_models
 def rebase(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_steps: int, step_length: int,
            reward_temperature: float = 1.0, separator_id: int | None = None, **rollout_options) -> Sampler:
     """REBASE with the width ``(nfe_budget − P) // (num_steps · step_length)`` (P: prompt tokens).

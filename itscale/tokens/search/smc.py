@@ -42,6 +42,7 @@ from itscale.tokens import sequences
 from itscale.tokens.search.budget import SearchSplit, check_budget, plan_search
 from itscale.tokens.search.shared_prompt import shared_prompt
 from itscale.tokens.steps import step_rollout
+from itscale.core.weights import takes_models
 
 
 class TokenSMCOutput(NamedTuple):
@@ -52,6 +53,7 @@ class TokenSMCOutput(NamedTuple):
     split: SearchSplit
 
 
+@takes_models
 def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_steps: int, step_length: int,
               separator_id: int | None = None, potential: str = "difference", resample: str = "systematic",
               ess_threshold: float = 0.5, lam: float = 1.0, **rollout_options) -> Sampler:

@@ -59,6 +59,7 @@ from itscale.tokens.search.budget import SearchSplit, check_budget, plan_search
 from itscale.tokens.search.shared_prompt import replicate_rows
 from itscale.tokens.sequences import Generation
 from itscale.tokens.steps import step_rollout
+from itscale.core.weights import takes_models
 
 EXPANSIONS = ("sample", "top_k")
 
@@ -136,6 +137,7 @@ def _take_rows(tree, index):
         a, index.reshape((-1, 1) + (1,) * (a.ndim - 2)), axis=1)[:, 0], tree)
 
 
+@takes_models
 def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *, nfe_budget: int,
                 num_steps: int, step_length: int, group_width: int = 1, group_name: str = "group",
                 independent_groups: bool = False, separator_id: int | None = None, expansion: str = "sample",
