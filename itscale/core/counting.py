@@ -36,19 +36,22 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-try:  # JAX internals, used only to detect miscounting; counting works without them.
-    from jax._src import core as _jax_core
-except ImportError:  # pragma: no cover
-    _jax_core = None
+from jax._src import core as _jax_core   # the trace context: the check that no call is miscounted
 
 KINDS = ("nfe", "verifier")
 _COUNTED_ATTR = "__itscale_counted__"
 
 
 def _current_trace():
-    if _jax_core is None or not hasattr(_jax_core, "trace_ctx"):
-        return None
-    trace = _jax_core.trace_ctx.trace
+    """The JAX trace a call is made under. Counting is exact only if a counted call is traced under the
+    ledger's own trace; without JAX's trace context that cannot be checked, so it is an error, never a
+    silently switched-off check."""
+    context = getattr(_jax_core, "trace_ctx", None)
+    if context is None or not hasattr(context, "trace"):
+        raise RuntimeError(f"itscale's NFE counting reads JAX's trace context (jax._src.core.trace_ctx.trace), "
+                           f"which this JAX ({jax.__version__}) lacks; install a JAX version supported by "
+                           "itscale (see pyproject.toml)")
+    trace = context.trace
     # Differentiation traces sit on top of the trace that owns the ledger: look through them.
     while type(trace).__name__ in ("JVPTrace", "LinearizeTrace") and hasattr(trace, "parent_trace"):
         trace = trace.parent_trace
@@ -63,7 +66,7 @@ class Ledger:
         self.trace = _current_trace()
 
     def add(self, kind: str, cost: Any) -> None:
-        if self.trace is not None and _current_trace() is not self.trace:
+        if _current_trace() is not self.trace:
             raise RuntimeError(
                 "a counted model/verifier function was called under a JAX transformation that itscale "
                 "cannot count (raw jax.vmap, lax.cond/switch/scan/while_loop or a nested jit inside a "
