@@ -15,7 +15,7 @@ from flax import nnx
 import itscale as its
 from experiments.bench.baselines import bare_loop
 from experiments.bench.timing import compile_seconds, time_interleaved
-from itscale.core.run import _run
+from itscale.core.run import lower
 
 PATH = its.paths.linear()
 
@@ -45,9 +45,7 @@ def overhead_rows(quick: bool) -> list[dict]:
 def compile_rows(quick: bool) -> list[dict]:
     sampler = its.refine.ode(mlp_velocity(), solver="ddim", path=PATH)
     x, key = jnp.zeros((64, 2)), jax.random.key(0)
-    params = jax.tree.map(jnp.asarray, sampler.params)
-    plain = sampler._replace(params=None)
-    seconds = {n: min(compile_seconds(_run, plain, n, None, key, x, params) for _ in range(3))
+    seconds = {n: min(compile_seconds(lambda n=n: lower(sampler, key, x, num_steps=n)) for _ in range(3))
                for n in (10, 100, 1000)}
     return [{"bench": "compile time vs budget (DDIM, MLP)", "case": f"{n} steps / 10 steps",
              "value": seconds[n] / seconds[10], "unit": "x", "target": "<= 1.3x" if n == 1000 else "",

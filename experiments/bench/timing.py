@@ -36,9 +36,10 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int = 5,
     return {name: statistics.median(ts) for name, ts in samples.items()}
 
 
-def compile_seconds(jitted, *args, **kwargs) -> float:
-    """Seconds to trace, lower and compile ``jitted`` for these arguments from cold caches (no run)."""
+def compile_seconds(lowering: Callable[[], object]) -> float:
+    """Seconds to trace, lower (``lowering()``, e.g. ``itscale.core.run.lower(...)``) and compile from
+    cold caches, without running."""
     jax.clear_caches()
     start = time.perf_counter()
-    jitted.lower(*args, **kwargs).compile()
+    lowering().compile()
     return time.perf_counter() - start

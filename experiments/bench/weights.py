@@ -20,7 +20,7 @@ from flax import nnx
 
 import itscale as its
 from experiments.bench.timing import compile_seconds
-from itscale.core.run import _run
+from itscale.core.run import _run, lower
 
 WIDTHS = {"0.1 M": 224, "8.4 M": 2048, "33.6 M": 4096}
 
@@ -35,9 +35,7 @@ def _first_call_seconds(model_arg) -> float:
 
 def _compile_seconds(model) -> float:
     sampler = its.refine.ode(model, solver="euler")
-    static = sampler._replace(params=None, weights=tuple((slot, None) for slot, _ in sampler.weights))
-    weights = tuple(w for _, w in sampler.weights)
-    return min(compile_seconds(_run, static, 4, None, jax.random.key(0), jnp.ones((8, 2)), None, weights)
+    return min(compile_seconds(lambda: lower(sampler, jax.random.key(0), jnp.ones((8, 2)), num_steps=4))
                for _ in range(3))
 
 

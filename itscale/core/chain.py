@@ -2,8 +2,8 @@
 
 Phase ``i`` runs steps ``[start_i, start_i + n_i)`` of the loop with a local context
 ``StepContext(step - start_i, n_i)``; at its first step it is initialised from the previous phase's
-output, ``init_i(key, finalize_{i-1}(state_{i-1}), params_i)``, with ``current_budget() == n_i``. The
-chained sampler must be run with
+output, ``init_i(key, finalize_{i-1}(state_{i-1}), params_i, StepContext(0, n_i))`` (the phase's own
+length in the context of an ``init`` that takes one). The chained sampler must be run with
 ``num_steps = n1 + n2 + ...``. ``params`` is the tuple of the phases' params. Only the active phase's
 model calls are counted (``itscale.core.switch``).
 """
@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from itscale.core import checks, counting
-from itscale.core.budget import budget_scope
-from itscale.core.sampler import Sampler, StepContext, validate
+from itscale.core.sampler import Sampler, StepContext, init_state, start_context, validate
 from itscale.core.weights import takes_models
 
 _INIT_STREAM = 0x7FFFFFFF  # fold-in constant for a phase's init key, distinct from any step index
@@ -36,15 +35,14 @@ def chain(*phases: tuple[Sampler, int]) -> Sampler:
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
     total = int(sum(lengths))
 
-    def init(key, x, params):
-        with budget_scope(lengths[0]):
-            state = samplers[0].init(key, x, params[0])
-        states = [state]
-        for sampler, p in zip(samplers[1:], params[1:]):
-            previous = samplers[len(states) - 1].finalize
-            with budget_scope(lengths[len(states)]):
-                shape = counting.eval_shape(lambda s, p=p, f=previous, smp=sampler: smp.init(key, f(s), p),
-                                            states[-1])
+    def init(key, x, params, ctx=None):
+        states = [init_state(samplers[0], key, x, params[0], start_context(lengths[0]))]
+        for i in range(1, len(samplers)):
+            def phase_init(s, i=i):
+                return init_state(samplers[i], key, samplers[i - 1].finalize(s), params[i],
+                                  start_context(lengths[i]))
+
+            shape = counting.eval_shape(phase_init, states[-1])
             states.append(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shape))
         return tuple(states)
 
@@ -55,9 +53,9 @@ def chain(*phases: tuple[Sampler, int]) -> Sampler:
             state = states[i]
             if i > 0:
                 def start_state(s):
-                    with budget_scope(lengths[i]):
-                        return samplers[i].init(jax.random.fold_in(key, _INIT_STREAM),
-                                                samplers[i - 1].finalize(s[i - 1]), params[i])
+                    return init_state(samplers[i], jax.random.fold_in(key, _INIT_STREAM),
+                                      samplers[i - 1].finalize(s[i - 1]), params[i],
+                                      start_context(lengths[i]))
 
                 state = counting.cond(local == 0, start_state, lambda s: s[i], states)
             state, _ = samplers[i].step(key, state, StepContext(local, lengths[i]), params[i])

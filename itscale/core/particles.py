@@ -11,7 +11,7 @@ import jax
 
 from itscale.core import checks, counting
 from itscale.core.keys import split_per_particle
-from itscale.core.sampler import Sampler
+from itscale.core.sampler import Sampler, init_state
 from itscale.core.weights import takes_models
 
 
@@ -22,12 +22,13 @@ def particles(sampler: Sampler, num_particles: int) -> Sampler:
         raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
     n = checks.positive_int("num_particles", num_particles)
 
-    def init(key, x, params):
+    def init(key, x, params, ctx=None):
         for leaf in jax.tree.leaves(x):
             if leaf.ndim == 0 or leaf.shape[0] != n:
                 raise ValueError(f"x must lead with the particle axis of size num_particles={n}, "
                                  f"got a leaf of shape {leaf.shape}")
-        return counting.vmap(sampler.init, in_axes=(0, 0, None))(split_per_particle(key, n), x, params)
+        one = lambda k, x, params: init_state(sampler, k, x, params, ctx)  # noqa: E731  (ctx not mapped)
+        return counting.vmap(one, in_axes=(0, 0, None))(split_per_particle(key, n), x, params)
 
     def step(key, state, ctx, params):
         one = lambda k, s: sampler.step(k, s, ctx, params)  # noqa: E731

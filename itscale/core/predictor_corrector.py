@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 
 from itscale.core import checks, counting
-from itscale.core.sampler import Sampler, validate
+from itscale.core.sampler import Sampler, init_state, validate
 from itscale.core.weights import takes_models
 
 
@@ -23,8 +23,8 @@ def predictor_corrector(predictor: Sampler, corrector: Sampler, *, corrector_ste
             raise TypeError(f"{name} must be an itscale.Sampler, got {type(s).__name__}")
     k = checks.positive_int("corrector_steps", corrector_steps)
 
-    def init(key, x, params):
-        return predictor.init(key, x, params[0])
+    def init(key, x, params, ctx=None):
+        return init_state(predictor, key, x, params[0], ctx)
 
     def step(key, state, ctx, params):
         predict_key, correct_key = jax.random.split(key)

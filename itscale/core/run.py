@@ -1,6 +1,7 @@
 """``its.run``: the one jitted loop that drives every sampler.
 
-``run(sampler, key, x, num_steps=n)`` computes ``state = init(k0, x, params)``, then ``n`` times
+``run(sampler, key, x, num_steps=n)`` computes ``state = init(k0, x, params, StepContext(0, n))`` (the
+context only to an ``init`` that takes it: :func:`itscale.core.sampler.init_state`), then ``n`` times
 ``state, info = step(fold_in(k1, i), state, StepContext(i, n), params)`` inside one ``lax.scan``,
 then ``output = finalize(state)``. ``num_steps`` is static (one compilation per budget, whatever the
 values in ``params``). Network evaluations and verifier calls are counted by the ledgers of
@@ -19,9 +20,8 @@ import numpy as np
 from jax import lax
 
 from itscale.core import checks, counting
-from itscale.core.budget import budget_scope
 from itscale.core.keys import as_key, step_key
-from itscale.core.sampler import Sampler, StepContext, validate, watched
+from itscale.core.sampler import Sampler, StepContext, init_state, start_context, validate, watched
 from itscale.core.weights import binding
 
 MAX_STEPS = 2 ** 31 - 2
@@ -262,6 +262,18 @@ def run(sampler: Sampler, key, x, *, num_steps: int, params=None, trace=None) ->
       trace: None (record nothing), an int k (record the state every k steps), a function of the
         state (record its value every step) or :class:`SaveAt`.
     """
+    return _run(*_arguments(sampler, key, x, num_steps, params, trace))
+
+
+def lower(sampler: Sampler, key, x, *, num_steps: int, params=None, trace=None) -> jax.stages.Lowered:
+    """The compiled loop of ``run(sampler, key, x, ...)``, lowered (``.as_text()``, ``.compile()``,
+    ``.cost_analysis()``), without running it: for inspecting the program and timing its compilation."""
+    return _run.lower(*_arguments(sampler, key, x, num_steps, params, trace))
+
+
+def _arguments(sampler, key, x, num_steps, params, trace) -> tuple:
+    """The checked arguments of the jitted loop: the sampler without its params and weights (static),
+    the budget, what to save, and the traced key, ``x``, params and weights."""
     if not isinstance(sampler, Sampler):
         raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
     num_steps = checks.positive_int("num_steps", num_steps)
@@ -276,20 +288,20 @@ def run(sampler: Sampler, key, x, *, num_steps: int, params=None, trace=None) ->
     params = _canonical_params(sampler, params)
     validate(sampler, x, params)
     static = sampler._replace(params=None, weights=tuple((slot, None) for slot, _ in sampler.weights))
-    return _run(static, num_steps, save, key, x, params, tuple(w for _, w in sampler.weights))
+    return static, num_steps, save, key, x, params, tuple(w for _, w in sampler.weights)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _run(sampler: Sampler, num_steps: int, save: SaveAt | None, key, x, params, weights) -> Result:
     """The compiled loop; ``weights`` are the models' weights, bound to the sampler's slots while tracing."""
-    with budget_scope(num_steps), binding(zip((slot for slot, _ in sampler.weights), weights)):
+    with binding(zip((slot for slot, _ in sampler.weights), weights)):
         return _loop(sampler, num_steps, save, key, x, params)
 
 
 def _loop(sampler: Sampler, num_steps: int, save: SaveAt | None, key, x, params) -> Result:
     init_key, loop_key = jax.random.split(key)
     with counting.ledger() as led:
-        state = sampler.init(init_key, x, params)
+        state = init_state(sampler, init_key, x, params, start_context(num_steps))
     tally = _Tally.zeros(watched(sampler, state)).add_counts(led.totals())
 
     def one_step(state, step):

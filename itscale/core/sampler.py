@@ -3,11 +3,21 @@
 Like optax's ``GradientTransformation`` and blackjax's ``SamplingAlgorithm``, a :class:`Sampler` is a
 NamedTuple of pure functions over a pytree state:
 
-* ``init(key, x, params) -> state``                 start from noise / a prompt ``x``
+* ``init(key, x, params[, ctx]) -> state``          start from noise / a prompt ``x``
 * ``step(key, state, ctx, params) -> (state, info)`` one refinement / token / resampling step;
   ``ctx`` is a :class:`StepContext` (traced step index, static number of steps); ``info`` holds
   per-step diagnostics and is not carried between steps
 * ``finalize(state) -> output``                     what the user gets back
+
+``init`` may take a fourth argument ``ctx``, the :class:`StepContext` of the start
+(``StepContext(step=0, num_steps)``): its static ``num_steps`` is that of the run, or of the phase under
+``its.chain``. A sampler that sizes a buffer by the number of steps reads it there (a token rollout
+built without ``max_new_tokens`` allocates ``prompt_len + ctx.num_steps`` columns). An ``init`` written
+as ``init(key, x, params)`` keeps working: every caller goes through :func:`init_state`, which passes
+``ctx`` only to an ``init`` that declares it (a parameter named ``ctx``, a ``*args`` or a fourth
+required positional parameter). A combinator's ``init`` takes ``ctx`` and passes it down with
+:func:`init_state`; library ``init`` functions default it to None, so that a call outside ``its.run``
+needs no context unless the sampler must know its budget (then it raises, naming the missing budget).
 
 ``params`` is a pytree of hyper-parameters (temperature, guidance, λ, …) traced by ``its.run`` so that
 changing their values never recompiles; a sampler declares its defaults in the optional fourth field
@@ -45,10 +55,13 @@ written by hand over closures has none.
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 
 class StepContext(NamedTuple):
@@ -70,6 +83,61 @@ class Sampler(NamedTuple):
     prior: Callable[[Any, Any], Any] | None = None
     validate: Callable[[Any, Any], None] | None = None
     weights: tuple = ()
+
+
+def start_context(num_steps: int) -> StepContext:
+    """The context ``init`` receives: ``StepContext(step=0 (int32), num_steps)``."""
+    return StepContext(jnp.zeros((), jnp.int32), num_steps)
+
+
+_NO_CTX, _POSITIONAL, _KEYWORD = "none", "positional", "keyword"
+_ctx_modes: "weakref.WeakKeyDictionary[Callable, str]" = weakref.WeakKeyDictionary()
+
+
+def _ctx_mode(init: Callable) -> str:
+    """How ``init`` takes the context: as its fourth positional argument (a parameter ``ctx`` in that
+    place, a ``*args`` or a fourth required positional parameter), by the keyword ``ctx``, or not at
+    all. Decided once per function from its signature."""
+    try:
+        return _ctx_modes[init]
+    except (KeyError, TypeError):   # not seen yet, or not weakly referable / hashable
+        pass
+    try:
+        parameters = list(inspect.signature(init).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (some builtins): the three-argument form
+        mode = _NO_CTX
+    else:
+        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        fourth = positional[3] if len(positional) > 3 else None
+        if fourth is not None and (fourth.name == "ctx" or fourth.default is fourth.empty):
+            mode = _POSITIONAL
+        elif any(p.name == "ctx" and p.kind != p.POSITIONAL_ONLY for p in parameters[3:]):
+            mode = _KEYWORD
+        elif fourth is None and any(p.kind == p.VAR_POSITIONAL for p in parameters):
+            mode = _POSITIONAL
+        else:
+            mode = _NO_CTX
+    try:
+        _ctx_modes[init] = mode
+    except TypeError:
+        pass
+    return mode
+
+
+def takes_context(init: Callable) -> bool:
+    """Whether :func:`init_state` passes the context to ``init``."""
+    return _ctx_mode(init) != _NO_CTX
+
+
+def init_state(sampler: Sampler, key, x, params, ctx: StepContext | None):
+    """``sampler.init(key, x, params, ctx)`` if its ``init`` takes the context (see the module
+    docstring), else ``sampler.init(key, x, params)``. Every caller of an ``init`` goes through here."""
+    mode = _ctx_mode(sampler.init)
+    if mode == _POSITIONAL:
+        return sampler.init(key, x, params, ctx)
+    if mode == _KEYWORD:
+        return sampler.init(key, x, params, ctx=ctx)
+    return sampler.init(key, x, params)
 
 
 def watched(sampler: Sampler, state):

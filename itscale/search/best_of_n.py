@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from itscale.core import checks, counting
-from itscale.core.sampler import Sampler
+from itscale.core.sampler import Sampler, init_state
 from itscale.core.weights import takes_models
 
 _NOISE_STREAM = 0x2015E  # fold-in constant: the candidates' fresh noise, distinct from the base init's key
@@ -56,7 +56,7 @@ def best_of_n(sampler: Sampler, reward_fn: Callable, *, num_candidates: int) -> 
     n = checks.positive_int("num_candidates", num_candidates)
     reward = counting.counted(reward_fn, kind="verifier")
 
-    def init(key, x, params):
+    def init(key, x, params, ctx=None):
         for leaf in jax.tree.leaves(x):
             if jnp.ndim(leaf) == 0:
                 raise ValueError("x must lead with the batch (query) axis; got a scalar leaf")
@@ -66,7 +66,7 @@ def best_of_n(sampler: Sampler, reward_fn: Callable, *, num_candidates: int) -> 
             first = jnp.arange(jax.tree.leaves(repeated)[0].shape[0]) % n == 0
             repeated = jax.tree.map(lambda own, new: jnp.where(first.reshape((-1,) + (1,) * (own.ndim - 1)),
                                                                own, new), repeated, fresh)
-        return sampler.init(key, repeated, params)
+        return init_state(sampler, key, repeated, params, ctx)
 
     def finalize(state):
         outputs = sampler.finalize(state)

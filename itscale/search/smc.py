@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from itscale.core import checks, counting
-from itscale.core.sampler import Sampler, validate, watch_within
+from itscale.core.sampler import Sampler, init_state, validate, watch_within
 from itscale.search import potentials, resampling
 from itscale.search.in_place import resample_in_place
 from itscale.core.weights import takes_models
@@ -175,12 +175,12 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
                              f"shape {jnp.shape(r)}")
         return r
 
-    def init(key, x, params):
+    def init(key, x, params, ctx=None):
         for leaf in jax.tree.leaves(x):
             if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != n:
                 raise ValueError(f"x must lead with the particle axis of size num_particles={n}, got a "
                                  f"leaf of shape {jnp.shape(leaf)}")
-        base_state = sampler.init(key, x, params.base)
+        base_state = init_state(sampler, key, x, params.base, ctx)
         reward_shape = counting.eval_shape(lambda s: score(sampler.finalize(s)), base_state)
         dtype = jnp.promote_types(reward_shape.dtype, jnp.float32)
         zero = jnp.zeros((), jnp.int32)

@@ -11,7 +11,8 @@ block is committed (its call's cache and last logits are kept; unconverged rows 
 ``itscale.tokens.model``) and the next block starts from its first, already exact, token. Rows move on
 independently; with EOS, only the tokens up to the first EOS must agree.
 
-One run step is one iteration. ``max_new_tokens`` (default: the run's ``num_steps``) fixes the output
+One run step is one iteration. ``max_new_tokens`` (default: the run's ``num_steps``, read by ``init``
+from its context ``ctx.num_steps``) fixes the output
 and ``block`` (default: all of it) the block length; run ``num_steps >= max_new_tokens`` (the worst case) to always converge -- once every
 row is done the remaining steps make no model call (early freeze: ``itscale.core.cond``), so NFE is
 ``batch x P`` (prefill) ``+ batch x b`` per iteration actually run. The output adds per-row
@@ -76,29 +77,25 @@ def jacobi(logits_fn: Callable, *, block: int | None = None, temperature: float 
     block = None if block is None else checks.positive_int("block", block)
     model = token_model("logits_fn", logits_fn, init_cache, rewind, max_len)
 
-    def block_width() -> int:
-        """Positions solved together (static, read at trace time: the budget may be the run's)."""
-        total = resolve_new_tokens(max_new_tokens)
-        return total if block is None else min(block, total)
-
-    def first_guess(logits, gumbel, params):
-        """Guess of a block: its exact first token (from the logits before it), then padding."""
+    def first_guess(logits, gumbel, params, width: int):
+        """Guess of a block of ``width``: its exact first token (from the logits before it), then padding."""
         log_q = sampling.sampling_log_probs(logits, params, decoding)
         token = sampling.gumbel_max(log_q, gumbel, decoding.pad_id)
-        padding = jnp.full((token.shape[0], block_width() - 1), decoding.pad_id)
+        padding = jnp.full((token.shape[0], width - 1), decoding.pad_id)
         return jnp.concatenate([token[:, None], padding], 1)
 
-    def init(key, x, params):
-        decode = prefill(model, key, x, max_new_tokens=resolve_new_tokens(max_new_tokens),
-                         extra_slots=block_width(), decoding=decoding)
+    def init(key, x, params, ctx=None):
+        total = resolve_new_tokens(max_new_tokens, ctx)
+        width = total if block is None else min(block, total)   # positions solved together (static)
+        decode = prefill(model, key, x, max_new_tokens=total, extra_slots=width, decoding=decoding)
         logits = decode.next_logits
         gumbel = gumbel_at(decode.noise_keys, decode.seq.position[:, None], logits.shape[-1],
                            sampling.float_dtype(logits.dtype))[:, 0]
-        guess = first_guess(logits, gumbel, params)
+        guess = first_guess(logits, gumbel, params, width)
         return JacobiState(decode, guess.astype(jnp.int32), jnp.zeros_like(decode.seq.position))
 
     def iterate(state, params):
-        width = block_width()
+        width = state.guess.shape[1]
         slots = jnp.arange(width)
         decode, seq = state.decode, state.decode.seq
         done = seq.done
@@ -117,7 +114,7 @@ def jacobi(logits_fn: Callable, *, block: int | None = None, temperature: float 
         log_probs = sampling.pick(sampling.model_log_probs(block_logits), new)
         seq, _ = sequences.append(seq, new, log_probs, sampling.pick(log_q, new),
                                   jnp.where(converged, width, 0), decoding)
-        next_guess = first_guess(logits[:, -1], gumbel[:, width], params)
+        next_guess = first_guess(logits[:, -1], gumbel[:, width], params, width)
         guess = jnp.where(converged[:, None], next_guess, jnp.where(done[:, None], state.guess, new))
         next_logits = jnp.where(converged[:, None], logits[:, -1], decode.next_logits)
         decode = RolloutState(seq, model.rewind(cache, jnp.where(converged, 0, width)), next_logits,

@@ -13,9 +13,11 @@ resampling (:mod:`itscale.search.in_place`) leaves the per-row keys in their slo
 made by SMC or a tree search diverge afterwards.
 
 The output holds ``max_new_tokens`` new columns; by default (None) that is the run's static
-``num_steps`` (read with ``itscale.core.current_budget``), so ``its.run(rollout(f), key, prompts,
-num_steps=N)`` returns ``tokens`` of shape (batch, P + N). A sampler built with ``max_new_tokens=M`` and
-run for fewer steps leaves pad columns; more steps raise ``ValueError``.
+``num_steps``, which ``init`` reads from its context (``init(key, x, params, ctx)``, ``ctx.num_steps``),
+so ``its.run(rollout(f), key, prompts, num_steps=N)`` returns ``tokens`` of shape (batch, P + N). A
+sampler built with ``max_new_tokens=M`` and run for fewer steps leaves pad columns; more steps raise
+``ValueError``. Called outside ``its.run`` without a context, the ``init`` of a rollout built without
+``max_new_tokens`` raises ``ValueError`` naming ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from itscale.core import checks
-from itscale.core.budget import current_budget
-from itscale.core.sampler import Sampler
+from itscale.core.sampler import Sampler, StepContext
 from itscale.tokens import sampling, sequences
 from itscale.tokens.model import TokenModel, token_model, validate_tokens
 from itscale.tokens.noise import gumbel_at, row_keys
@@ -47,15 +48,24 @@ class RolloutState(NamedTuple):
 
 
 def new_tokens_budget(max_new_tokens) -> int | None:
-    """Check the static output size shared by the token samplers (None: the run's ``num_steps``)."""
+    """Check the static output size shared by the token samplers (None: sized by ``init`` from the
+    ``num_steps`` of its context, see :func:`resolve_new_tokens`)."""
     if max_new_tokens is None:
         return None
     return checks.positive_int("max_new_tokens", max_new_tokens)
 
 
-def resolve_new_tokens(max_new_tokens: int | None) -> int:
-    """The output size: ``max_new_tokens``, or the static ``num_steps`` of the run being traced."""
-    return current_budget() if max_new_tokens is None else max_new_tokens
+def resolve_new_tokens(max_new_tokens: int | None, ctx: StepContext | None, *, per_step: int = 1) -> int:
+    """The output size: ``max_new_tokens``, or ``per_step`` tokens for each of the ``ctx.num_steps``
+    steps of the run (or chain phase) that calls ``init``."""
+    if max_new_tokens is not None:
+        return max_new_tokens
+    if ctx is None:
+        raise ValueError("this sampler was built without max_new_tokens, so its output size is the run's "
+                         "num_steps, which init receives in its context: call init(key, x, params, ctx) "
+                         "with ctx = StepContext(0, num_steps), run it with its.run, or build it with "
+                         "max_new_tokens=")
+    return per_step * ctx.num_steps
 
 
 def prefill(model: TokenModel, key, x, *, max_new_tokens: int, extra_slots: int,
@@ -133,12 +143,12 @@ def rollout(logits_fn: Callable, *, temperature: float = 1.0, top_k: int | None 
     noise_mode = checks.choice("noise", noise, ("position", "step"))
     model = token_model("logits_fn", logits_fn, init_cache, max_len=max_len)
 
-    def init(key, x, params):
-        return prefill(model, key, x, max_new_tokens=resolve_new_tokens(max_new_tokens), extra_slots=0,
+    def init(key, x, params, ctx=None):
+        return prefill(model, key, x, max_new_tokens=resolve_new_tokens(max_new_tokens, ctx), extra_slots=0,
                        decoding=decoding)
 
     def step(key, state, ctx, params):
-        limit = resolve_new_tokens(max_new_tokens)
+        limit = state.seq.max_new_tokens
         if ctx.num_steps > limit:
             raise ValueError(f"this rollout holds max_new_tokens={limit} new tokens; run it with "
                              f"num_steps <= {limit}, got {ctx.num_steps}")

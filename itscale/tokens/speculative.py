@@ -26,7 +26,8 @@ both counted as ``"nfe"``; the output reports each row's ``target_calls`` (round
 ``tokens_per_call`` (``k + 1`` per round, before the cut at ``max_new_tokens``).
 
 ``num_steps`` counts rounds: ``num_steps = max_new_tokens`` always suffices (a round adds >= 1 token),
-which is the default (``max_new_tokens=None``: the run's ``num_steps``).
+which is the default (``max_new_tokens=None``: the run's ``num_steps``, read by ``init`` from its
+context ``ctx.num_steps``).
 """
 
 from __future__ import annotations
@@ -125,8 +126,8 @@ def speculative(target_logits_fn: Callable, draft_logits_fn: Callable, *, gamma:
     draft = token_model("draft_logits_fn", draft_logits_fn, draft_init_cache, rewind, max_len)
     offsets = jnp.arange(gamma + 1)
 
-    def init(key, x, params):
-        max_new_tokens = resolve_new_tokens(max_new_budget)
+    def init(key, x, params, ctx=None):
+        max_new_tokens = resolve_new_tokens(max_new_budget, ctx)
         prompts, lengths = sequences.parse_prompts(x)
         batch, prompt_len = prompts.shape
         target.check_length(prompt_len, max_new_tokens)

@@ -23,7 +23,7 @@ from itscale.core.sampler import Sampler
 from itscale.tokens import sampling, sequences
 from itscale.tokens.model import token_model, validate_tokens
 from itscale.tokens.noise import row_keys
-from itscale.tokens.rollout import decode_token, new_tokens_budget, prefill, watch_outputs
+from itscale.tokens.rollout import decode_token, new_tokens_budget, prefill, resolve_new_tokens, watch_outputs
 from itscale.tokens.sampling import check_token_id
 from itscale.core.weights import takes_models
 
@@ -106,6 +106,8 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
     wait (their feeds are rewound) while the others finish theirs, and the token loop stops when every
     row is done (``itscale.core.while_loop``: NFE = batch per token iteration actually run, plus the
     prefill). Other arguments as in :func:`itscale.tokens.rollout`; ``rewind`` as in ``jacobi``.
+    ``max_new_tokens`` (None, default): ``num_steps · step_length`` new columns, ``num_steps`` read by
+    ``init`` from its context (a run step generates at most ``step_length`` tokens).
 
     ``group_size`` (static; None: all rows form one group): the step takes the rows as consecutive
     groups of that many independent runs (e.g. the particles of each query), with the noise and the
@@ -128,8 +130,9 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
     model = token_model("logits_fn", logits_fn, init_cache, rewind, max_len)
     group_size = None if group_size is None else checks.positive_int("group_size", group_size)
 
-    def init(key, x, params):
-        return prefill(model, key, x, max_new_tokens=max_new_tokens, extra_slots=0, decoding=decoding)
+    def init(key, x, params, ctx=None):
+        new_tokens = resolve_new_tokens(max_new_tokens, ctx, per_step=step_length)
+        return prefill(model, key, x, max_new_tokens=new_tokens, extra_slots=0, decoding=decoding)
 
     def step(key, state, ctx, params):
         rows = state.seq.position.shape[0]

@@ -80,13 +80,12 @@ _EIGHT_DEVICES = textwrap.dedent("""
     # Samplers without a global step keep every row on its device: no collective inside the loop
     # (the non-finite tally and the KV-cache and token writes are row-local), the same values.
     from flax import nnx
-    from itscale.core.run import _run
+    from itscale.core.run import lower
     from itscale.models.transformer import Transformer, logits_fn
 
 
     def loop_collectives(sampler, x):
-        text = _run.lower(sampler._replace(params=None), 6, None, jax.random.key(1), x,
-                          sampler.params, ()).compile().as_text()
+        text = lower(sampler, jax.random.key(1), x, num_steps=6).compile().as_text()
         ops = ("all-reduce(", "all-gather(", "all-to-all(", "collective-permute(", "reduce-scatter(")
         return [line for line in text.splitlines() if any(op in line for op in ops) and "/while/" in line]
 

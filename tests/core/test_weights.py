@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import itscale as its
-from itscale.core.run import _run
+from itscale.core.run import _run, lower
 from itscale.models.transformer import split_forward
 
 X = jax.random.normal(jax.random.key(0), (8, 2))
@@ -81,10 +81,8 @@ def test_nnx_update_and_a_width_search_over_an_sde_do_not_retrace():
 def test_weights_are_arguments_not_constants_of_the_compiled_loop():
     """The lowered program of a 100x larger model is not 100x larger: its weights are parameters."""
     def program_size(width):
-        sampler = its.refine.ode(_mlp(width=width), solver="euler")
-        static = sampler._replace(params=None, weights=tuple((s, None) for s, _ in sampler.weights))
-        return len(_run.lower(static, 2, None, jax.random.key(0), X, None,
-                              tuple(w for _, w in sampler.weights)).as_text())
+        return len(lower(its.refine.ode(_mlp(width=width), solver="euler"), jax.random.key(0), X,
+                         num_steps=2).as_text())
 
     small, large = program_size(16), program_size(512)       # ~1e3 and ~3e5 parameters
     assert large < 1.5 * small, (small, large)

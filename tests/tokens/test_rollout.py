@@ -214,5 +214,10 @@ def test_default_output_size_is_the_runs_budget():
     np.testing.assert_array_equal(fixed.tokens, default.tokens)
     jac = its.run(its.tokens.jacobi(MODEL.logits_fn), key, prompts, num_steps=4).output
     np.testing.assert_array_equal(jac.tokens, default.tokens)
-    with pytest.raises(RuntimeError, match="max_new_tokens"):
-        its.core.current_budget()
+    # Outside its.run, init has no context: a rollout without max_new_tokens cannot size its output.
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        its.tokens.rollout(MODEL.logits_fn).init(key, prompts, None)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        its.tokens.jacobi(MODEL.logits_fn).init(key, prompts, None)
+    state = its.tokens.rollout(MODEL.logits_fn).init(key, prompts, None, its.StepContext(jnp.int32(0), 3))
+    assert state.seq.tokens.shape == (3, 2 + 3)

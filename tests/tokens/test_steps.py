@@ -97,3 +97,24 @@ def test_grouped_step_rollout_is_particles_over_the_groups_noise_and_nfe_include
                 num_steps=steps)
     with pytest.raises(ValueError, match="group_size"):
         its.tokens.step_rollout(model.logits_fn, group_size=0, **options)
+
+
+def test_step_rollout_without_max_new_tokens_holds_num_steps_times_step_length_columns():
+    """max_new_tokens=None: init reads the run's num_steps from its context and allocates
+    num_steps · step_length new columns (a run step generates at most step_length tokens)."""
+    rng = np.random.default_rng(2)
+    model = its.models.MarkovLM(np.zeros(5), rng.normal(size=(5, 5)))
+    batch, prompt_len, step_length = 6, 3, 4
+    prompts = jnp.asarray(rng.integers(0, 5, size=(batch, prompt_len)))
+    key = jax.random.key(5)
+    options = dict(step_length=step_length, separator_id=SEP)
+    for n in (1, 3):
+        default = its.run(its.tokens.step_rollout(model.logits_fn, **options), key, prompts, num_steps=n).output
+        fixed = its.run(its.tokens.step_rollout(model.logits_fn, max_new_tokens=n * step_length, **options),
+                        key, prompts, num_steps=n).output
+        assert default.tokens.shape == (batch, prompt_len + n * step_length)
+        for field in ("tokens", "log_probs", "sample_log_probs", "lengths"):
+            np.testing.assert_array_equal(np.asarray(getattr(default, field)),
+                                          np.asarray(getattr(fixed, field)))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        its.tokens.step_rollout(model.logits_fn, step_length=step_length).init(key, prompts, None)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from itscale.core import checks
-from itscale.core.sampler import Sampler
+from itscale.core.sampler import Sampler, init_state
 from itscale.search.smc import SMCParams
 from itscale.tokens.search.smc import token_smc
 from itscale.core.weights import takes_models
@@ -77,8 +77,8 @@ def particle_filter(logits_fn: Callable, process_reward_fn: Callable, *, nfe_bud
         lam = 1 / jnp.asarray(params.tau, jnp.result_type(float))
         return SMCParams(params.base, lam, jnp.ones_like(lam))
 
-    def init(key, x, params):
-        return inner.init(key, x, as_smc(params))
+    def init(key, x, params, ctx=None):
+        return init_state(inner, key, x, as_smc(params), ctx)
 
     def step(key, state, ctx, params):
         return inner.step(key, state, ctx, as_smc(params))

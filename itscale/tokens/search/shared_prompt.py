@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from itscale.core import checks
-from itscale.core.sampler import Sampler
+from itscale.core.sampler import Sampler, init_state
 from itscale.core.sharding import gather_particles
 
 
@@ -27,7 +27,8 @@ def shared_prompt(sampler: Sampler, copies: int) -> Sampler:
     b·copies …): ``init`` prefills only the first row of each run and copies its state to the others."""
     copies = checks.positive_int("copies", copies)
 
-    def init(key, x, params):
-        return replicate_rows(sampler.init(key, jax.tree.map(lambda a: a[::copies], x), params), copies)
+    def init(key, x, params, ctx=None):
+        return replicate_rows(init_state(sampler, key, jax.tree.map(lambda a: a[::copies], x), params, ctx),
+                              copies)
 
     return sampler._replace(init=init)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from itscale.core import counting
 from itscale.core.keys import split_per_particle
 from itscale.core.particles import particles
-from itscale.core.sampler import Sampler, watch_within
+from itscale.core.sampler import Sampler, init_state, watch_within
 from itscale.search.in_place import resample_in_place
 from itscale.search.smc import SMCOutput, SMCParams, check_params, smc
 from itscale.tokens import sequences
@@ -95,12 +95,12 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
         tokens = state.base.seq.tokens                                   # (batch, N, P + new tokens)
         return queries(tokens.shape[0], tokens.shape[-1] - num_steps * step_length)
 
-    def init(key, x, params):
+    def init(key, x, params, ctx=None):
         prompts, _ = sequences.parse_prompts(x)
         batch, prompt_len = prompts.shape
         n = plan(prompt_len).width
         per_query = jax.tree.map(lambda a: jnp.repeat(jnp.asarray(a)[:, None], n, axis=1), x)
-        return queries(batch, prompt_len).init(key, per_query, params)
+        return init_state(queries(batch, prompt_len), key, per_query, params, ctx)
 
     def step(key, state, ctx, params):
         if ctx.num_steps != num_steps:

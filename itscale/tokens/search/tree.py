@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from itscale.core import checks, counting
-from itscale.core.sampler import Sampler, watch_within
+from itscale.core.sampler import Sampler, init_state, watch_within
 from itscale.core.sharding import write_columns
 from itscale.search.allocation import offspring_slots
 from itscale.search.in_place import in_place_order, resample_in_place
@@ -180,11 +180,11 @@ def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *,
     def slots_per_group(width: int) -> int:
         return group_width if independent_groups else width
 
-    def init(key, x, params):
+    def init(key, x, params, ctx=None):
         prompts, _ = sequences.parse_prompts(x)
         batch, prompt_len = prompts.shape
         width = plan(prompt_len).width
-        rollout = replicate_rows(base.init(key, x, params.base), width)
+        rollout = replicate_rows(init_state(base, key, x, params.base, ctx), width)
         rank = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32) % slots_per_group(width), (batch, width))
         dtype = rollout.seq.log_probs.dtype
         return TreeState(rollout, jnp.ones((batch, width), bool), rank, jnp.zeros((batch, width), dtype),
