@@ -14,6 +14,11 @@ Kinds (``frac = i / n``, i = 0..n):
 
 The endpoints are exactly t_max and t_min. ``karras`` needs alpha(t_max) > 0 and ``log_snr`` also
 sigma(t_min) > 0; on paths with alpha(1) = 0 (``linear``, ``vp_cosine``) pass t_max < 1 for them.
+
+A ``Grid`` is taken exactly as given (its field t_min defaults to 1e-3). A kind name given to a refine
+sampler (``its.refine.ode(..., grid="uniform")``) is a different default: there ``uniform`` and
+``quadratic`` end at t_min = 0 where the model is finite at t = 0 (:func:`itscale.refine.grid_times.
+default_t_min`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from itscale.refine.langevin import langevin
 from itscale.refine.ode import ode
 from itscale.refine.restart import restart
 from itscale.refine.sde import sde
-from itscale.refine.solvers import SOLVERS, Solver
+from itscale.refine.solvers import SOLVERS, Solver, Tableau, runge_kutta, tableau_order
 
-__all__ = ["SOLVERS", "Solver", "adaptive", "convert_path", "ddpm", "diffrax_ode", "diffusion_coefficient",
-           "langevin", "ode", "restart", "sde"]
+__all__ = ["SOLVERS", "Solver", "Tableau", "adaptive", "convert_path", "ddpm", "diffrax_ode",
+           "diffusion_coefficient", "langevin", "ode", "restart", "runge_kutta", "sde", "tableau_order"]

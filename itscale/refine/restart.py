@@ -21,6 +21,8 @@ Each step makes one ODE step; the step that lands on tau_j before a restart also
 ``info["x0_hat"]`` comes from the step's first model call at the pre-step state. On a main grid ending
 where the path's velocity is singular (t = 0 on ``vp``) every step ending there is the denoising step
 x = x0_hat, as in :func:`itscale.refine.ode`. Steps compute in at least float32; x keeps its dtype.
+A grid given by kind name ends at t_min = 0 where the model is finite there (:mod:`grid_times`): on
+``linear`` for a velocity, eps or score model, not for an x0 model, whose velocity needs 1 / sigma(t_min).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def restart(velocity_fn: Callable, path: Path, *, restarts: int = 2, restart_ste
     restart_steps = checks.positive_int("restart_steps", restart_steps)
     spec = SOLVERS[checks.choice("solver", solver, ODE_SOLVERS)]
     model = Model(counted_velocity(velocity_fn, path, prediction), path)
-    times_rule = grid_times(grid, path)
+    times_rule = grid_times(grid, path, prediction)          # its stages call the model at the grid's end
     extra = restarts * restart_steps
 
     def init(key, x, params):

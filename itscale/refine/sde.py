@@ -11,10 +11,14 @@ Kloeden & Platen 1992, sec. 9.1):
 classic reverse SDE of Song et al. 2021) or a function g(t) (:mod:`itscale.refine.diffusion_coefficients`);
 its scale is the traced ``params["g_scale"]`` (0 turns the sampler into the Euler ODE solver).
 
-The data end. The score, hence the drift, is singular where sigma = 0. The default grid stops at
-t_min = 1e-3 (sigma > 0: the output is x at t_min, the model never sees sigma = 0). If a grid ends where
-sigma(t_min) = 0, the last step is the final denoising step x_{t_min} = x0_hat(x_t, t), the noise-free
-limit every sampler takes there (the Euler ODE step on the linear path, DDIM), with log_prob 0.
+The data end. The score, hence the drift, is singular where sigma = 0. A grid given by kind name
+(``"uniform"``, ``"quadratic"``) ends at t_min = 0 where the path's velocity is finite there (``linear``,
+``ve``, ``edm``) and at t_min = 1e-3 where it is not (``vp``, ``vp_cosine``; ``karras`` and ``log_snr``
+always stop at 1e-3; :func:`itscale.refine.grid_times.default_t_min`); a ``Grid`` or an array is taken as
+given. The model is only called at each step's start, never at t_min. If a grid ends where
+sigma(t_min) = 0 (the default on ``linear``), the last step is the final denoising step
+x_{t_min} = x0_hat(x_t, t), the noise-free limit every sampler takes there (the Euler ODE step on the linear
+path, DDIM), with log_prob 0: the output is then a sample of the model's data law rather than of p_{1e-3}.
 
 State ``SDEState(x)``; ``info = {"x0_hat", "log_prob"}``: the denoised estimate at the pre-step state and
 log N(x_s; x_t - f dt, g^2 dt I) per sample (0 when g = 0: a deterministic move). The step (times, g,

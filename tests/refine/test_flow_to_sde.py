@@ -78,7 +78,7 @@ def test_the_marginal_check_has_power(runs):
 def test_a_user_g_is_scaled_by_g_scale(runs):
     """g(t) = t^2 given as a function, with g_scale 3, is the "kim" coefficient: the same samples."""
     x1 = jax.random.normal(jax.random.key(0), (NUM_SAMPLES, 2))
-    user = its.refine.sde(GMM.velocity(PATH), PATH, g=lambda t: t**2)
+    user = its.refine.sde(GMM.velocity(PATH), PATH, g=lambda t: t**2, grid=its.paths.Grid())  # the runs' grid
     assert user.params == {"g_scale": 1.0}
     got = its.run(user, jax.random.key(1), x1, num_steps=NUM_STEPS, params={"g_scale": 3.0}).output
     np.testing.assert_allclose(got, runs["kim"][0].output, rtol=1e-12, atol=1e-12)

@@ -14,6 +14,7 @@ from scipy import integrate
 
 import itscale as its
 from itscale.paths import conversions
+from itscale.refine.grid_times import default_t_min
 from itscale.refine.solvers.deis import d_rho_quadrature, deis, lagrange_basis, restart_weight
 from tests.refine import ode_helpers as ref
 
@@ -106,8 +107,12 @@ def test_every_path_reaches_the_exact_flow():
     gaussian = its.models.GaussianMixture(jnp.array([1.0]), mean[None], cov[None])
     x = ref.noise(batch=8)
     paths = {name: its.paths.get(name) for name in its.paths.registry.FACTORIES}
-    grids = {name: its.paths.Grid("log_snr" if name == "vp" else "uniform") for name in paths}
-    samplers = {name: its.refine.ode(gaussian.velocity(path), "deis_3", grid=grids[name], path=path)
+    kinds = {name: "log_snr" if name == "vp" else "uniform" for name in paths}
+    # the grids by kind name: t: 1 -> 0 on linear, ve and edm, 1 -> 1e-3 on vp and vp_cosine
+    grids = {name: its.paths.Grid(kinds[name], t_min=default_t_min(kinds[name], path))
+             for name, path in paths.items()}
+    assert [g.t_min for g in grids.values()] == [0.0, 1e-3, 1e-3, 0.0, 0.0]
+    samplers = {name: its.refine.ode(gaussian.velocity(path), "deis_3", grid=kinds[name], path=path)
                 for name, path in paths.items()}
 
     @jax.jit
