@@ -57,6 +57,11 @@ def greedy():
 def penzai_greedy_decoding(lm, prompts, new_tokens):
     """Greedy decoding with penzai's own KV-cache sampling mode (``KVCachingTransformerLM``, one scalar cache
     index): prefill, then feed each argmax token; each call jitted with ``pz.variable_jit``."""
+    with jax.enable_x64(False):         # penzai's cache indices mix int32 and the default int under x64
+        return _penzai_greedy_decoding(lm, prompts, new_tokens)
+
+
+def _penzai_greedy_decoding(lm, prompts, new_tokens):
     cached = sampling_mode.KVCachingTransformerLM.from_uncached(
         lm, cache_len=prompts.shape[1] + new_tokens, batch_axes={"batch": prompts.shape[0]},
         pad_id=-1)                                                      # no token id is taken for padding
