@@ -63,6 +63,21 @@ def errors(samplers: dict, x, reference, steps) -> dict:
             for name, outs in outputs(x).items()}
 
 
+def mixture_errors(make_samplers, steps) -> dict:
+    """:func:`errors` of the samplers ``make_samplers(velocity)`` built on the exact mixture velocity of the
+    linear path, against a reference solve of the flow from t = 1 to the data at t = 0."""
+    velocity = mixture().velocity(its.paths.linear())
+    x = noise()
+    return errors(make_samplers(velocity), x, reference_solve(velocity, x, 1.0, 0.0), steps)
+
+
+def assert_order(steps, errs, order: float) -> None:
+    """Errors fall with the step count, at slope ``order`` (within ±0.3)."""
+    assert np.all(np.diff(errs) < 0), errs
+    measured = measured_order(steps, errs)
+    assert abs(measured - order) <= 0.3, (order, measured, errs)
+
+
 def measured_order(steps, errs) -> float:
     """The log-log slope b of err = a n^(-b) (least squares)."""
     return fit_power_law(steps, errs).b
@@ -70,6 +85,4 @@ def measured_order(steps, errs) -> float:
 
 def assert_declared_order(solver: str, steps, errs) -> None:
     """Errors fall with the step count, at the slope the solver declares (within ±0.3)."""
-    assert np.all(np.diff(errs) < 0), errs
-    order = measured_order(steps, errs)
-    assert abs(order - its.refine.SOLVERS[solver].order) <= 0.3, (solver, order, errs)
+    assert_order(steps, errs, its.refine.SOLVERS[solver].order)
