@@ -94,6 +94,17 @@ def concrete(value: Any) -> np.ndarray | None:
     return np.asarray(value)
 
 
+def token_ids(name: str, value: Any, vocab_size: int, vocabulary: str = "the vocabulary") -> None:
+    """Concrete integer token ids in ``value`` must lie in [0, vocab_size); traced ones cannot be checked."""
+    host = None if value is None else concrete(value)
+    if host is None or host.dtype.kind not in "iu":
+        return
+    bad = (host < 0) | (host >= vocab_size)
+    if bad.any():
+        raise ValueError(f"{name} hold token ids outside {vocabulary} [0, {vocab_size}): "
+                         f"{sorted(set(host[bad].tolist()))[:8]}")
+
+
 def param_ranges(**ranges: tuple[float, float]):
     """A ``Sampler.validate``: each named hyper-parameter, when concrete, lies in its closed range
     ``(low, high)``.

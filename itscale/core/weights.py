@@ -134,9 +134,10 @@ def _model_parts(value) -> tuple[Any, Any, Callable, dict] | None:
 def has_weights(value) -> bool:
     """Whether ``value`` is a model with weights or a sampler holding some."""
     from itscale.core.sampler import Sampler
+    from itscale.models.bound import Bound
     if isinstance(value, Sampler):
         return bool(value.weights)
-    return _model_parts(value) is not None
+    return isinstance(value, (Bound, nnx.Module))
 
 
 def _leaves_signature(tree) -> tuple:

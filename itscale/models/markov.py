@@ -71,13 +71,8 @@ def _in_vocabulary(name: str, position: int):
     def decorate(method):
         @functools.wraps(method)
         def checked(self, *args, **kwargs):
-            value = kwargs.get(name, args[position] if len(args) > position else None)
-            host = None if value is None else checks.concrete(value)
-            if host is not None and host.dtype.kind in "iu":
-                bad = (host < 0) | (host >= self.vocab_size)
-                if bad.any():
-                    raise ValueError(f"{name} holds token ids outside the vocabulary [0, {self.vocab_size}): "
-                                     f"{sorted(set(host[bad].tolist()))[:8]}")
+            checks.token_ids(name, kwargs.get(name, args[position] if len(args) > position else None),
+                             self.vocab_size)
             return method(self, *args, **kwargs)
 
         return checked
