@@ -37,4 +37,5 @@ def particles(sampler: Sampler, num_particles: int) -> Sampler:
     watch = None if sampler.watch is None else jax.vmap(sampler.watch)
     prior = None if sampler.prior is None else (
         lambda key, x: jax.vmap(sampler.prior)(split_per_particle(key, n), x))
-    return Sampler(init, step, counting.vmap(sampler.finalize), sampler.params, watch, prior, sampler.validate)
+    return Sampler(init, step, counting.vmap(sampler.finalize), sampler.params, watch, prior, sampler.validate,
+                   nfe_per_step=sampler.nfe_per_step)

@@ -15,6 +15,13 @@ from itscale.core.sampler import Sampler, init_state, validate
 from itscale.core.weights import takes_models
 
 
+def _combined_cost(predictor: Sampler, corrector: Sampler, k: int) -> int | None:
+    """NFE of one predictor step and ``k`` corrector steps, per row, if both declare theirs."""
+    if predictor.nfe_per_step is None or corrector.nfe_per_step is None:
+        return None
+    return predictor.nfe_per_step + k * corrector.nfe_per_step
+
+
 @takes_models
 def predictor_corrector(predictor: Sampler, corrector: Sampler, *, corrector_steps: int = 1) -> Sampler:
     """Follow every ``predictor`` step with ``corrector_steps`` steps of ``corrector``."""
@@ -41,4 +48,4 @@ def predictor_corrector(predictor: Sampler, corrector: Sampler, *, corrector_ste
         validate(corrector, x, params[1])
 
     return Sampler(init, step, predictor.finalize, (predictor.params, corrector.params), prior=predictor.prior,
-                   validate=check)
+                   validate=check, nfe_per_step=_combined_cost(predictor, corrector, k))

@@ -51,6 +51,11 @@ The eighth field ``weights`` holds the weights of the models the sampler was bui
 ``((slot, weights), ...)``; ``its.run`` passes them to the compiled loop as arguments (never as
 constants) and binds them to the functions' model stand-ins (:mod:`itscale.core.weights`). A sampler
 written by hand over closures has none.
+
+The ninth field ``nfe_per_step`` declares, as a static int, the most network evaluations one step
+makes per row of ``x`` (a Runge–Kutta solver's number of stages, 1 for an SDE step), or None when the
+sampler does not say. Width strategies that take a total NFE budget (:mod:`itscale.search.split`)
+plan with it; the run's ``stats.nfe`` is the measured cost.
 """
 
 from __future__ import annotations
@@ -72,8 +77,8 @@ class StepContext(NamedTuple):
 
 
 class Sampler(NamedTuple):
-    """``Sampler(init, step, finalize, params=None, watch=None, prior=None, validate=None, weights=())``:
-    see the module docstring."""
+    """``Sampler(init, step, finalize, params=None, watch=None, prior=None, validate=None, weights=(),
+    nfe_per_step=None)``: see the module docstring."""
 
     init: Callable[..., Any]
     step: Callable[..., Any]
@@ -83,6 +88,7 @@ class Sampler(NamedTuple):
     prior: Callable[[Any, Any], Any] | None = None
     validate: Callable[[Any, Any], None] | None = None
     weights: tuple = ()
+    nfe_per_step: int | None = None
 
 
 def start_context(num_steps: int) -> StepContext:

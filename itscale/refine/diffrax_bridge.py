@@ -177,7 +177,7 @@ def diffrax_ode(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = N
         info = {} if u is None else model.info(u, x, t0)
         return round_like(key, DiffraxState(x_next), state), info
 
-    return Sampler(init, step, lambda state: state.x, None, prior=noise_prior(path, grid))
+    return Sampler(init, step, lambda state: state.x, None, prior=noise_prior(path, grid), nfe_per_step=per_step)
 
 
 class _Solve(NamedTuple):

@@ -76,4 +76,4 @@ def langevin(model_fn: Callable, path: Path, *, grid="uniform", prediction: str 
         return round_like(key, state._replace(x=x), state), info
 
     return Sampler(init, step, lambda state: state.x, {"snr": 0.16}, prior=noise_prior(path, grid),
-                   validate=_check_params)
+                   validate=_check_params, nfe_per_step=1)

@@ -165,4 +165,4 @@ def ode(velocity_fn: Callable, solver: str | Solver | Tableau = "euler", grid="u
         return round_like(key, new_state, state), info
 
     return Sampler(init, step, lambda state: state.x, spec.params, prior=noise_prior(path, grid),
-                   validate=_check_params)
+                   validate=_check_params, nfe_per_step=spec.nfe_per_step)

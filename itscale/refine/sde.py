@@ -124,4 +124,4 @@ def sde(model_fn: Callable, path: Path, *, g: str | Callable = "kim", solver: st
         return round_like(key, SDEState(x), state), info
 
     return Sampler(init, step, lambda state: state.x, {"g_scale": coefficient.default_scale},
-                   prior=noise_prior(path, grid), validate=_check_params)
+                   prior=noise_prior(path, grid), validate=_check_params, nfe_per_step=1)

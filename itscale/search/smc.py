@@ -251,4 +251,5 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
                          invalid_rewards=state.invalid_rewards)
 
     return Sampler(init, step, finalize, SMCParams(sampler.params, lam, ess_threshold),
-                   watch_within(sampler.watch, "base"), sampler.prior, check_params(sampler))
+                   watch_within(sampler.watch, "base"), sampler.prior, check_params(sampler),
+                   nfe_per_step=sampler.nfe_per_step)

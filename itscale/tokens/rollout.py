@@ -158,4 +158,5 @@ def rollout(logits_fn: Callable, *, temperature: float = 1.0, top_k: int | None 
     def finalize(state):
         return sequences.generation(state.seq, decoding.pad_id)
 
-    return Sampler(init, step, finalize, params, watch=watch_outputs, validate=validate_tokens(model))
+    return Sampler(init, step, finalize, params, watch=watch_outputs, validate=validate_tokens(model),
+                   nfe_per_step=1)

@@ -171,4 +171,5 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
     def finalize(state):
         return sequences.generation(state.seq, decoding.pad_id)
 
-    return Sampler(init, step, finalize, params, watch=watch_outputs, validate=validate_tokens(model))
+    return Sampler(init, step, finalize, params, watch=watch_outputs, validate=validate_tokens(model),
+                   nfe_per_step=step_length)

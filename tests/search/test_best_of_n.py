@@ -1,4 +1,4 @@
-"""best_of_n and split_budget, checked by hand against the base sampler's own candidates."""
+"""best_of_n and plan_width, checked by hand against the base sampler's own candidates."""
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ def test_best_is_the_argmax_of_the_base_samplers_candidates():
     np.testing.assert_array_equal(out.best_index, scores.argmax(axis=1))
     np.testing.assert_array_equal(out.best, candidates[np.arange(3), scores.argmax(axis=1)])
     np.testing.assert_allclose(out.best_score, scores.max(axis=1), rtol=1e-6)
-    assert np.all(out.valid) and int(out.num_candidates) == n
+    assert np.all(out.valid) and int(out.split.width) == n and int(out.invalid_rewards) == 0
     assert int(result.stats.nfe) == 3 * n * 2 and int(result.stats.verifier_calls) == 3 * n
 
 
@@ -50,21 +50,39 @@ def test_ties_invalid_scores_and_pytree_outputs():
                   num_steps=1).output
     np.testing.assert_array_equal(out.best_index, [0, 0, 0])          # ties -> lowest index
     np.testing.assert_array_equal(out.valid, [True, False, False])    # NaN and -inf verdicts
+    assert int(out.invalid_rewards) == 4                              # the four NaN verdicts
     assert float(out.best_score[0]) == 0.0 and np.all(np.asarray(out.best_score[1:]) == -np.inf)
     assert out.best["x"].shape == (3, 2) and out.best["norm"].shape == (3,)
     assert out.candidates["x"].shape == (3, 4, 2)
 
 
-def test_split_budget_and_errors():
-    split = its.search.split_budget(1000, nfe_per_candidate=30)
-    assert split == its.search.BudgetSplit(width=33, nfe_per_candidate=30, nfe=990, unused=10)
-    with pytest.raises(ValueError, match="nfe_budget=20 is too small"):
-        its.search.split_budget(20, nfe_per_candidate=30)
+def test_plan_width_and_errors():
+    split = its.search.plan_width(1000, num_steps=10, nfe_per_step=3)
+    assert (split.width, split.nfe_bound, split.num_steps, split.nfe_per_step) == (33, 990, 10, 3)
+    assert its.search.plan_width(100, num_steps=4, nfe_per_step=1, group_width=8, rounds=2).width == 8 * 1
+    with pytest.raises(ValueError, match="nfe_budget=20 is too small.*give nfe_budget >= 30"):
+        its.search.plan_width(20, num_steps=10, nfe_per_step=3)
+    with pytest.raises(ValueError, match="exactly one of num_candidates"):
+        its.search.best_of_n(_gaussian_draw(), _reward, num_candidates=2, nfe_budget=10)
+    with pytest.raises(ValueError, match="nfe_per_step"):       # a hand-written sampler declares no cost
+        its.search.best_of_n(_gaussian_draw(), _reward, nfe_budget=10)
     with pytest.raises(ValueError, match="num_candidates"):
         its.search.best_of_n(_gaussian_draw(), _reward, num_candidates=0)
     with pytest.raises(ValueError, match="reward_fn must return scores of shape"):
         its.run(its.search.best_of_n(_gaussian_draw(), lambda x: x, num_candidates=2), jax.random.key(0),
                 jnp.zeros((3, 2)), num_steps=1)
+
+
+def test_an_nfe_budget_buys_the_largest_width_and_spends_at_most_it():
+    ode = its.refine.ode(lambda x, t: -x, solver="heun")        # declares 2 NFE per step
+    result = its.run(its.search.best_of_n(ode, _reward, nfe_budget=250), jax.random.key(0), jnp.ones((3, 2)),
+                     num_steps=6)
+    split = result.output.split
+    assert (int(split.width), int(split.nfe_bound)) == (20, 240)
+    assert int(result.stats.nfe) == 3 * 240 and result.output.candidates.shape == (3, 20, 2)
+    with pytest.raises(ValueError, match="nfe_budget=10 is too small"):
+        its.run(its.search.best_of_n(ode, _reward, nfe_budget=10), jax.random.key(0), jnp.ones((3, 2)),
+                num_steps=6)
 
 
 def test_best_of_n_over_an_ode_draws_independent_noise_per_candidate():

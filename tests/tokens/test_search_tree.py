@@ -49,7 +49,7 @@ def _check_budget(out, run_stats, groups, group_width):
     split = jax.tree.map(lambda a: int(a[0]), out.split)
     assert (split.width, split.num_groups, split.group_width) == (16, groups, group_width)
     assert (split.nfe_budget, split.nfe_bound, split.prompt_tokens) == (BUDGET, BUDGET - 5, 1)
-    assert (split.num_steps, split.step_length, split.rounds) == (STEPS, STEP_LENGTH, 1)
+    assert (split.num_steps, split.nfe_per_step, split.rounds) == (STEPS, STEP_LENGTH, 1)
     np.testing.assert_array_equal(run_stats.nfe, 2 * split.nfe_bound)          # two queries, no EOS: exact
     np.testing.assert_array_equal(run_stats.verifier_calls, 2 * 16 * STEPS)
     np.testing.assert_array_equal(run_stats.nonfinite, 0)

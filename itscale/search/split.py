@@ -1,0 +1,89 @@
+"""How a width strategy spends a static NFE budget: one split, width × steps × NFE per step × rounds.
+
+Every search strategy of itscale, continuous or token, takes its budget as a static total number of
+network evaluations per query and turns it into a plan before any compute. A query costs at most
+
+    nfe_bound = prompt_tokens + width × num_steps × nfe_per_step × rounds
+
+where ``prompt_tokens`` is a prefix evaluated once per query and shared by every row (an LM prompt's
+prefill; 0 for a refinement sampler), ``width`` the rows grown in parallel (candidates, particles,
+beams × expansions, K children per particle), ``num_steps`` the base sampler's steps, ``nfe_per_step``
+the most evaluations one step makes per row (``Sampler.nfe_per_step``: a Runge–Kutta solver's stages,
+a token step's length) and ``rounds`` sequential repetitions over the same rows (search over paths).
+:func:`plan_width` picks the largest ``width`` (a multiple of ``group_width``) with
+``nfe_bound <= nfe_budget``; every output reports the split and the run's ``stats.nfe`` is the
+measured cost (at most ``nfe_bound`` per query).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from itscale.core import checks
+from itscale.core.sampler import Sampler
+
+
+class SearchSplit(NamedTuple):
+    """The split of a per-query NFE budget (Python ints when planned, int32 arrays in outputs).
+
+    nfe_budget: the declared budget per query. nfe_bound: the most the search can spend (<= budget;
+    see the module docstring). prompt_tokens: the shared prefix's NFE (0 for refinement samplers).
+    width: rows grown in parallel = num_groups × group_width. num_steps: the base sampler's steps.
+    nfe_per_step: most NFE of one step per row. rounds: sequential searches over the same rows.
+    """
+
+    nfe_budget: int
+    nfe_bound: int
+    prompt_tokens: int
+    width: int
+    num_groups: int
+    group_width: int
+    num_steps: int
+    nfe_per_step: int
+    rounds: int
+
+    def as_arrays(self) -> "SearchSplit":
+        """The same split as int32 arrays (for outputs of jitted runs)."""
+        return jax.tree.map(lambda v: jnp.asarray(v, jnp.int32), self)
+
+
+def plan_width(nfe_budget: int, *, num_steps: int, nfe_per_step: int, rounds: int = 1,
+               prompt_tokens: int = 0, group_width: int = 1, group_name: str = "candidate") -> SearchSplit:
+    """Largest width (a multiple of ``group_width``) whose ``nfe_bound`` fits ``nfe_budget``.
+
+    Raises ``ValueError`` naming ``nfe_budget`` and the smallest budget that buys one group.
+    """
+    budget = checks.positive_int("nfe_budget", nfe_budget)
+    num_steps = checks.positive_int("num_steps", num_steps)
+    nfe_per_step = checks.positive_int("nfe_per_step", nfe_per_step)
+    rounds = checks.positive_int("rounds", rounds)
+    group_width = checks.positive_int("group_width", group_width)
+    if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int) or prompt_tokens < 0:
+        raise ValueError(f"prompt_tokens must be a non-negative int, got {prompt_tokens!r}")
+    per_row = num_steps * nfe_per_step * rounds
+    num_groups = max(budget - prompt_tokens, 0) // (per_row * group_width)
+    if num_groups < 1:
+        need = prompt_tokens + group_width * per_row
+        prefix = f"the prompt prefill costs {prompt_tokens} NFE and " if prompt_tokens else ""
+        raise ValueError(
+            f"nfe_budget={budget} is too small: {prefix}one {group_name} of {group_width} row(s) over "
+            f"num_steps={num_steps} steps of up to nfe_per_step={nfe_per_step} NFE"
+            f"{f' for rounds={rounds} rounds' if rounds > 1 else ''} costs {group_width * per_row}; "
+            f"give nfe_budget >= {need}")
+    width = num_groups * group_width
+    return SearchSplit(budget, prompt_tokens + width * per_row, prompt_tokens, width, num_groups, group_width,
+                       num_steps, nfe_per_step, rounds)
+
+
+def declared_nfe_per_step(sampler: Sampler, nfe_per_step: int | None = None) -> int:
+    """The NFE per step and row a budget is planned with: ``nfe_per_step`` if given, else the
+    sampler's declared ``Sampler.nfe_per_step``; ``ValueError`` if neither says."""
+    if nfe_per_step is not None:
+        return checks.positive_int("nfe_per_step", nfe_per_step)
+    if sampler.nfe_per_step is None:
+        raise ValueError("the sampler does not declare its NFE per step (Sampler.nfe_per_step is None); pass "
+                         "nfe_per_step=<most network evaluations of one step per row> to plan the budget")
+    return checks.positive_int("sampler.nfe_per_step", sampler.nfe_per_step)
