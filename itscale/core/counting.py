@@ -12,6 +12,13 @@ module: :func:`vmap` (counts are summed over the mapped axis, so N particles of 
 :func:`scan` and :func:`while_loop` (counts are carried per iteration) and :func:`cond` / :func:`switch`
 (only the branch taken is counted). Each opens a ledger inside the transformed function and returns
 its totals as an ordinary output, so counts are runtime values, exact even when data dependent.
+
+Under :func:`vmap` the default cost (the leading size of the first argument) is only right if the
+mapped function's arguments still lead with a batch of rows. ``vmap(..., rows="batched")`` says they
+do (``its.particles``: each particle holds a batch), ``rows="single"`` says each mapped call sees one
+example (a default-cost call then costs 1 per example); without ``rows``, a default-cost call whose
+first argument has fewer than two axes is ambiguous and raises, naming both ways out (declare
+``rows``, or give the counted function an explicit ``cost``).
 A counted function called under a raw ``jax.vmap``/``lax.cond``/``lax.scan``/nested ``jit`` inside a
 step would be miscounted; it is detected (the JAX trace differs from the ledger's) and raises
 ``RuntimeError`` naming the drop-in to use. Differentiation (``jax.grad``/``jvp``) of a counted
@@ -107,6 +114,28 @@ def _active_kinds() -> set[str]:
     return _state.active
 
 
+def _vmap_rows() -> list[str | None]:
+    """The ``rows`` declarations of the :func:`vmap` calls being traced, innermost last."""
+    if not hasattr(_state, "vmap_rows"):
+        _state.vmap_rows = []
+    return _state.vmap_rows
+
+
+def _default_cost(fn_name: str, args, kwargs):
+    """:func:`batch_size`, read according to the innermost :func:`vmap`'s ``rows`` declaration."""
+    rows = _vmap_rows()[-1] if _vmap_rows() else "batched"
+    if rows == "single":
+        return 1
+    first = jax.tree.leaves(args[0]) if args else []
+    if rows is None and (not first or jnp.ndim(first[0]) < 2):
+        raise ValueError(
+            f"counted function {fn_name!r} is called under itscale.core.counting.vmap with a first argument "
+            f"of shape {jnp.shape(first[0]) if first else ()}: its leading axis may or may not be a batch. "
+            "Declare vmap(..., rows='batched') (arguments keep a leading batch axis) or rows='single' (one "
+            "example per mapped call), or give counted(fn, cost=...) an explicit cost")
+    return batch_size(*args, **kwargs)
+
+
 def _stack() -> list[Ledger]:
     if not hasattr(_state, "stack"):
         _state.stack = []
@@ -173,7 +202,9 @@ def counted(fn: Callable, *, kind: str = "nfe", cost: Callable[..., Any] = batch
             active.discard(kind)
         stack = _stack()
         if stack:
-            stack[-1].add(kind, cost(*args, **kwargs))
+            spent = (_default_cost(getattr(fn, "__name__", repr(fn)), args, kwargs) if cost is batch_size
+                     else cost(*args, **kwargs))
+            stack[-1].add(kind, spent)
         return out
 
     setattr(wrapped, _COUNTED_ATTR, kind)
@@ -191,9 +222,27 @@ def _with_counts(fn: Callable) -> Callable:
     return inner
 
 
-def vmap(fn: Callable, in_axes=0, out_axes=0, axis_size: int | None = None) -> Callable:
-    """``jax.vmap`` that sums the counts of calls inside ``fn`` over the mapped axis."""
-    mapped = jax.vmap(_with_counts(fn), in_axes=in_axes, out_axes=(out_axes, 0), axis_size=axis_size)
+_ROWS = (None, "batched", "single")
+
+
+def vmap(fn: Callable, in_axes=0, out_axes=0, axis_size: int | None = None, *, rows: str | None = None) -> Callable:
+    """``jax.vmap`` that sums the counts of calls inside ``fn`` over the mapped axis.
+
+    ``rows``: ``"batched"`` (``fn``'s arguments keep a leading batch axis: default costs read it),
+    ``"single"`` (one example per mapped call: a default-cost call costs 1) or None (a default-cost
+    call on an argument of fewer than two axes raises as ambiguous); see the module docstring.
+    """
+    if rows not in _ROWS:
+        raise ValueError(f"rows must be one of {_ROWS}, got {rows!r}")
+
+    def declared(*args, **kwargs):
+        _vmap_rows().append(rows)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _vmap_rows().pop()
+
+    mapped = jax.vmap(_with_counts(declared), in_axes=in_axes, out_axes=(out_axes, 0), axis_size=axis_size)
 
     def outer(*args, **kwargs):
         out, counts = mapped(*args, **kwargs)

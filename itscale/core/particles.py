@@ -16,8 +16,13 @@ from itscale.core.weights import takes_models
 
 
 @takes_models
-def particles(sampler: Sampler, num_particles: int) -> Sampler:
-    """Vectorise ``sampler`` over ``num_particles`` particles; ``x`` must lead with that axis."""
+def particles(sampler: Sampler, num_particles: int, *, rows: str | None = None) -> Sampler:
+    """Vectorise ``sampler`` over ``num_particles`` particles; ``x`` must lead with that axis.
+
+    ``rows`` tells the NFE count what a particle is (:func:`itscale.core.counting.vmap`): ``"batched"``
+    (each particle holds a batch of rows), ``"single"`` (each particle is one sample: a model call
+    costs 1) or None (a model call on an argument of fewer than two axes raises as ambiguous).
+    """
     if not isinstance(sampler, Sampler):
         raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
     n = checks.positive_int("num_particles", num_particles)
@@ -28,14 +33,14 @@ def particles(sampler: Sampler, num_particles: int) -> Sampler:
                 raise ValueError(f"x must lead with the particle axis of size num_particles={n}, "
                                  f"got a leaf of shape {leaf.shape}")
         one = lambda k, x, params: init_state(sampler, k, x, params, ctx)  # noqa: E731  (ctx not mapped)
-        return counting.vmap(one, in_axes=(0, 0, None))(split_per_particle(key, n), x, params)
+        return counting.vmap(one, in_axes=(0, 0, None), rows=rows)(split_per_particle(key, n), x, params)
 
     def step(key, state, ctx, params):
         one = lambda k, s: sampler.step(k, s, ctx, params)  # noqa: E731
-        return counting.vmap(one)(split_per_particle(key, n), state)
+        return counting.vmap(one, rows=rows)(split_per_particle(key, n), state)
 
     watch = None if sampler.watch is None else jax.vmap(sampler.watch)
     prior = None if sampler.prior is None else (
         lambda key, x: jax.vmap(sampler.prior)(split_per_particle(key, n), x))
-    return Sampler(init, step, counting.vmap(sampler.finalize), sampler.params, watch, prior, sampler.validate,
-                   nfe_per_step=sampler.nfe_per_step)
+    return Sampler(init, step, counting.vmap(sampler.finalize, rows=rows), sampler.params, watch, prior,
+                   sampler.validate, nfe_per_step=sampler.nfe_per_step)

@@ -31,6 +31,29 @@ def test_vmap_sums_over_the_mapped_axis():
     assert int(result.stats.nfe) == 4 * 6 * 3
 
 
+def test_vmap_over_single_examples_needs_a_declared_meaning():
+    """Mapped over 4 single samples of dimension 6, the default cost would read 6 per call: ambiguous."""
+    f = core.counted(model)
+    with pytest.raises(ValueError, match="rows='batched'.*rows='single'.*explicit cost"):
+        run_step(lambda x, ctx: core.vmap(f)(x), jnp.ones((4, 6)))
+    single = run_step(lambda x, ctx: core.vmap(f, rows="single")(x), jnp.ones((4, 6)))
+    assert int(single.stats.nfe) == 4 * 3
+    batched = run_step(lambda x, ctx: core.vmap(f, rows="batched")(x), jnp.ones((4, 6)))
+    assert int(batched.stats.nfe) == 4 * 6 * 3                         # declared: each row of 6 is a batch
+    explicit = core.counted(model, cost=lambda x: 2)
+    assert int(run_step(lambda x, ctx: core.vmap(explicit)(x), jnp.ones((4, 6))).stats.nfe) == 4 * 2 * 3
+    with pytest.raises(ValueError, match="rows must be one of"):
+        core.vmap(f, rows="rows")
+
+
+def test_particles_of_single_samples_count_one_per_particle():
+    ode = its.refine.ode(lambda x, t: -x)
+    with pytest.raises(ValueError, match="ambiguous|rows="):
+        its.run(its.particles(ode, 5), jax.random.key(0), jnp.ones((5, 3)), num_steps=2)
+    result = its.run(its.particles(ode, 5, rows="single"), jax.random.key(0), jnp.ones((5, 3)), num_steps=2)
+    assert int(result.stats.nfe) == 5 * 2
+
+
 def test_scan_counts_every_iteration():
     f = core.counted(model)
 

@@ -119,8 +119,8 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
             return smc(already_moved, reward_fn, num_particles=n, **options).step(
                 query_key, query_state._replace(base=None), ctx, params)
 
-        new_state, info = counting.vmap(weigh)(split_per_particle(key, batch), state, per_query(info),
-                                               per_query(base.finalize(moved)))
+        new_state, info = counting.vmap(weigh, rows="batched")(split_per_particle(key, batch), state,
+                                                               per_query(info), per_query(base.finalize(moved)))
         ancestors = new_state.base[0] + n * jnp.arange(batch, dtype=jnp.int32)[:, None]
         return new_state._replace(base=per_query(resample_in_place(moved, ancestors.reshape(-1)))), info
 
