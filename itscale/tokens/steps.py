@@ -91,6 +91,7 @@ class _StepLoop(NamedTuple):
     count: jax.Array          # () tokens iterations run in this step
     log_prob: jax.Array       # (batch,) sum of the step's sampling log-probs
     model_log_prob: jax.Array  # (batch,) sum of the step's model log-probs
+    padded: jax.Array         # () row evaluations of stopped groups: computed by the shared loop, not charged
 
 
 @takes_models
@@ -116,10 +117,13 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
     its rows is active. One token loop serves all the rows: a ``vmap`` over groups of this step would
     turn the loop's batched stopping test into a select of every carried array (the whole KV cache)
     at every token. Waiting rows keep their state (their feeds are rewound), so the tokens are those
-    of the per-group loops.
+    of the per-group loops. The shared loop also evaluates the rows of groups that have stopped while
+    others run; those evaluations are computed but not charged, and the step ``info["padded_nfe"]``
+    reports them (0 with one group), so counted NFE and the work the device did are both visible.
 
     The step ``info`` holds, per row, ``log_prob`` and ``model_log_prob`` (sums over the step's tokens
-    under the sampling law and the model) and ``step_tokens``, for step-level weights.
+    under the sampling law and the model) and ``step_tokens``, for step-level weights; and
+    ``padded_nfe`` (a scalar, see ``group_size``).
     """
     step_length = checks.positive_int("step_length", step_length)
     separator_id, _ = _check_split(separator_id, step_length)
@@ -154,7 +158,8 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
                 ended = ended | (active & (info["token"] == separator_id))
             return _StepLoop(decode, ended, loop.count + 1,
                              loop.log_prob + jnp.where(active, info["log_prob"], 0),
-                             loop.model_log_prob + jnp.where(active, info["model_log_prob"], 0))
+                             loop.model_log_prob + jnp.where(active, info["model_log_prob"], 0),
+                             loop.padded + size * (groups - running_groups(loop)))
 
         def running_groups(loop):
             active = ~loop.ended & ~loop.decode.seq.done
@@ -162,10 +167,11 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
 
         if groups > 1:  # NFE of the groups whose loop would still run: the model call is counted inside
             token = counting.counted(token, cost=lambda loop: size * running_groups(loop))
-        start = _StepLoop(state, jnp.zeros(zeros.shape, bool), jnp.zeros((), jnp.int32), zeros, zeros)
+        start = _StepLoop(state, jnp.zeros(zeros.shape, bool), jnp.zeros((), jnp.int32), zeros, zeros,
+                          jnp.zeros((), jnp.int32))
         loop = counting.while_loop(running, token, start)
         info = {"log_prob": loop.log_prob, "model_log_prob": loop.model_log_prob,
-                "step_tokens": loop.decode.seq.generated - state.seq.generated}
+                "step_tokens": loop.decode.seq.generated - state.seq.generated, "padded_nfe": loop.padded}
         return loop.decode, info
 
     def finalize(state):

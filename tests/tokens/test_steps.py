@@ -92,6 +92,11 @@ def test_grouped_step_rollout_is_particles_over_the_groups_noise_and_nfe_include
     np.testing.assert_array_equal(np.asarray(out.trace.info["step_tokens"]).reshape(steps, groups, n),
                                   np.asarray(ref.trace.info["step_tokens"]))
     assert int(out.stats.nfe) == int(ref.stats.nfe) < groups * n * (3 + steps * length)
+    # What the shared loop computed: every row at every iteration (as many as the longest step), of which
+    # the rows of stopped groups are reported apart, not charged.
+    iterations = np.asarray(out.trace.info["step_tokens"]).max(axis=1).sum()
+    padded = int(np.asarray(out.trace.info["padded_nfe"]).sum())
+    assert padded > 0 and int(out.stats.nfe) + padded == groups * n * (3 + iterations)
     with pytest.raises(ValueError, match="group_size=3 must divide"):
         its.run(its.tokens.step_rollout(model.logits_fn, group_size=3, **options), key, prompts[0],
                 num_steps=steps)
