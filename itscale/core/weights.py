@@ -114,7 +114,29 @@ def _apply_module(graphdef):
 
 
 def _model_parts(value) -> tuple[Any, Any, Callable, dict] | None:
-    """``(static key, weights, apply, facts)`` of a model with weights, None for anything else."""
+    """``(static key, weights, apply, facts)`` of a model with weights, None for anything else; split
+    once per model while :func:`_one_split_per_model` is open (an NNX split walks the whole module)."""
+    memo = getattr(_state, "parts", None)
+    if memo is not None and id(value) in memo:
+        return memo[id(value)][1]
+    parts = _split_model(value)
+    if memo is not None:
+        memo[id(value)] = (value, parts)        # the value is kept alive, so its id stays its own
+    return parts
+
+
+@contextlib.contextmanager
+def _one_split_per_model():
+    """Within the block, :func:`_model_parts` splits each model once."""
+    outer = getattr(_state, "parts", None)
+    _state.parts = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _state.parts = outer
+
+
+def _split_model(value) -> tuple[Any, Any, Callable, dict] | None:
     from itscale.models.bound import Bound
     if isinstance(value, Bound):
         facts = {"vocab_size": value.vocab_size, "max_len": value.max_len}
@@ -183,6 +205,10 @@ def takes_models(constructor: Callable) -> Callable:
 
     @functools.wraps(constructor)
     def build(*args, **kwargs):
+        with _one_split_per_model():
+            return _build(*args, **kwargs)
+
+    def _build(*args, **kwargs):
         arguments = signature.bind(*args, **kwargs).arguments
         found = list(_walk(arguments.values()))
         if not any(has_weights(v) for v in found):
