@@ -1,6 +1,6 @@
 """Core: the ``Sampler`` type, the ``run`` loop, compute accounting and combinators."""
 
-from itscale.core import checks, sharding
+from itscale.core import checks, multiprocess, sharding
 from itscale.core.chain import chain
 from itscale.core.counting import (batch_size, cond, counted, eval_shape, scan, switch, token_positions,
                                    vmap, while_loop)
@@ -13,8 +13,7 @@ from itscale.core.weights import ModelProxy, binding, takes_models
 
 __all__ = [
     "ModelProxy", "Result", "Sampler", "SaveAt", "Stats", "StepContext", "Trace", "batch_size", "binding",
-    "chain", "checks",
-    "cond", "count_nonfinite", "counted", "eval_shape", "identity_finalize", "init_state", "particles",
-    "predictor_corrector", "run", "scan", "sharding", "split_per_particle", "step_key", "switch", "takes_models", "token_positions",
-    "vmap", "while_loop",
+    "chain", "checks", "cond", "count_nonfinite", "counted", "eval_shape", "identity_finalize", "init_state",
+    "multiprocess", "particles", "predictor_corrector", "run", "scan", "sharding", "split_per_particle",
+    "step_key", "switch", "takes_models", "token_positions", "vmap", "while_loop",
 ]

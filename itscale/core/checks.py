@@ -88,8 +88,13 @@ def same_structure(name: str, value: Any, reference: Any) -> None:
 
 
 def concrete(value: Any) -> np.ndarray | None:
-    """``value`` as a host array when it is concrete, None when it is traced (inside ``jit``/``vmap``)."""
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
+    """``value`` as a host array when it is concrete and held by this process; None when it is traced
+    (inside ``jit``/``vmap``) or spans devices of other processes (a multi-process run: checking it would
+    need a collective, so it is skipped)."""
+    leaves = jax.tree.leaves(value)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return None
+    if any(isinstance(leaf, jax.Array) and not leaf.is_fully_addressable for leaf in leaves):
         return None
     return np.asarray(value)
 
