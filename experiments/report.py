@@ -18,6 +18,7 @@ from experiments.common import StudyResult, write_json_atomic, write_text_atomic
 STUDIES = [
     "experiments.tokens",
     "experiments.convergence",
+    "experiments.search",
 ]
 
 

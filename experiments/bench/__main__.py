@@ -22,6 +22,7 @@ MODULES = [
     "experiments.bench.refine",
     "experiments.bench.decode",
     "experiments.bench.token_search",
+    "experiments.bench.width",
 ]
 
 COLUMNS = ["bench", "case", "value", "unit", "target", "ok", "note"]

@@ -125,6 +125,7 @@ def param_ranges(**ranges: tuple[float, float]):
             host = None if value is None else concrete(value)
             if host is None:
                 continue
+            host = host.astype(np.float64)       # compare in float64: a bound may not fit the value's dtype
             if np.isnan(host).any() or (host < low).any() or (host > high).any():
                 raise ValueError(f"params[{name!r}] must lie in [{low}, {high}], got {host.tolist()}")
 
