@@ -109,6 +109,7 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
         batch, n = state.log_weights.shape
         rows = jax.tree.map(lambda a: a.reshape((batch * n,) + a.shape[2:]), state.base)
         moved, info = grouped(n).step(key, rows, ctx, params.base)
+        padded_nfe = info.pop("padded_nfe")                              # a scalar of the shared token loop
         per_query = functools.partial(jax.tree.map, lambda a: a.reshape((batch, n) + a.shape[1:]))
 
         def weigh(query_key, query_state, query_info, generation):
@@ -122,7 +123,8 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
         new_state, info = counting.vmap(weigh, rows="batched")(split_per_particle(key, batch), state,
                                                                per_query(info), per_query(base.finalize(moved)))
         ancestors = new_state.base[0] + n * jnp.arange(batch, dtype=jnp.int32)[:, None]
-        return new_state._replace(base=per_query(resample_in_place(moved, ancestors.reshape(-1)))), info
+        return (new_state._replace(base=per_query(resample_in_place(moved, ancestors.reshape(-1)))),
+                {**info, "padded_nfe": padded_nfe})
 
     def finalize(state):
         prompt_len = state.base.seq.tokens.shape[-1] - num_steps * step_length
