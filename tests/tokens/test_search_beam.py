@@ -52,7 +52,7 @@ def test_full_beam_finds_the_exact_argmax_and_top_beams_of_a_markov_lm():
         np.testing.assert_array_equal(np.asarray(out.best.tokens[b, 1:]), sequences[np.argmax(exact)])
         np.testing.assert_allclose(float(out.best_score[b]), exact.max(), atol=1e-12)
         # the kept beams are exactly the top-N sequences, each once, with their exact log-probabilities
-        live = np.asarray(out.live[b])
+        live = np.asarray(out.scores[b]) > -np.inf
         assert live.sum() == BEAMS
         kept = np.asarray(out.candidates.tokens[b, :, 1:])[live]
         index = np.ravel_multi_index(kept.T, (V,) * L)
@@ -65,7 +65,7 @@ def test_full_beam_with_eos_through_an_ngram_cache_matches_the_masked_law():
     eos = 2
     prompt = jnp.array([[0, 1]])
     budget, sampler = full_beam(NGRAM, 2, eos_id=eos)
-    record = lambda s: (s.live, s.rank, s.rollout.seq.finished)  # noqa: E731
+    record = lambda s: (s.live, s.rank, s.base.seq.finished)  # noqa: E731
     result = its.run(sampler, jax.random.key(1), prompt, num_steps=L, trace=record)
     out = result.output
     law = masked_law(np.exp(np.asarray(NGRAM.completion_log_probs(prompt[0], L))), V, L, eos, 0)
@@ -74,7 +74,7 @@ def test_full_beam_with_eos_through_an_ngram_cache_matches_the_masked_law():
     best = np.asarray(out.best.tokens[0, 2:])
     assert np.ravel_multi_index(best, (V,) * L) == np.argmax(law)
     # every distinct completion (after masking past EOS) is a kept candidate exactly once
-    live = np.asarray(out.live[0])
+    live = np.asarray(out.scores[0]) > -np.inf
     kept = np.ravel_multi_index(np.asarray(out.candidates.tokens[0, :, 2:])[live].T, (V,) * L)
     top = np.argsort(-law)[:min(BEAMS, np.count_nonzero(law))]
     assert np.unique(kept).size == kept.size

@@ -51,7 +51,7 @@ def _runs():
 
     def one(key, params):
         result = its.run(sampler, key, PROMPTS, num_steps=L, params=params,
-                         trace=lambda s: (s.live, s.rank, s.rollout.seq.finished))
+                         trace=lambda s: (s.live, s.rank, s.base.seq.finished))
         return result.output, result.stats, result.trace.state
 
     runs = jax.jit(jax.vmap(one, in_axes=(0, None)))
@@ -82,7 +82,7 @@ def test_completed_nodes_keep_one_slot_and_invalid_rewards_are_masked():
 def test_low_balance_temperature_gives_high_reward_nodes_the_children():
     fractions = {}
     for temperature, (out, _, _) in _runs().items():
-        live = np.asarray(out.live)[:, 0]
+        live = np.asarray(out.scores)[:, 0] > -np.inf
         flat = jax.tree.map(lambda a: a[:, 0].reshape((-1,) + a.shape[3:]), out.candidates)
         correct = np.asarray(completion_contains(flat, A)).reshape(live.shape)
         fractions[temperature] = (correct & live).sum(1) / live.sum(1)

@@ -64,14 +64,14 @@ def _dvts():
 def test_dvts_spends_the_planned_budget_and_keeps_one_node_per_subtree():
     out, run_stats = _dvts()
     _check_budget(out, run_stats, groups=4, group_width=4)
-    live = np.asarray(out.live).reshape(SEEDS, 2, 4, 4)
+    live = (np.asarray(out.scores) > -np.inf).reshape(SEEDS, 2, 4, 4)
     np.testing.assert_array_equal(live.sum(-1), 1)       # one node per subtree, in the slot it grew in
     assert np.all(np.asarray(out.best_score) == np.max(np.asarray(out.scores), axis=-1))
 
 
 def test_dvts_subtrees_concentrate_on_correct_completions():
     out, _ = _dvts()
-    kept = _correct(out.candidates)[np.asarray(out.live)].reshape(SEEDS, 2, 4)
+    kept = _correct(out.candidates)[np.asarray(out.scores) > -np.inf].reshape(SEEDS, 2, 4)
     for query in range(2):
         fraction = kept[:, query].mean(1)
         assert stats.ttest_1samp(fraction, Z[query], alternative="greater").pvalue < 1e-6
@@ -83,7 +83,7 @@ def test_sampled_beam_search_spends_the_planned_budget_and_concentrates():
     out, run_stats = _runs(its.tokens.beam_search(MODEL.logits_fn, PRM, nfe_budget=BUDGET, num_steps=STEPS,
                                                   step_length=STEP_LENGTH, expansions=4))
     _check_budget(out, run_stats, groups=4, group_width=4)
-    live = np.asarray(out.live)
+    live = np.asarray(out.scores) > -np.inf
     np.testing.assert_array_equal(live.sum(-1), 4)                              # the top 4 beams are kept
     fraction = (_correct(out.candidates) & live).sum(-1) / 4
     for query in range(2):

@@ -1,12 +1,14 @@
 """itscale.tokens.search: the LM-specific parts of width search, built on :mod:`itscale.search`.
 
 Step-level tree search with a process verifier -- :func:`beam_search` (Snell et al. 2024),
-:func:`dvts` (Beeching et al. 2024), :func:`rebase` (Wu et al. 2024), one engine :func:`tree_search`
-with a selection rule each -- and SMC over reasoning steps -- :func:`token_smc` (twisted SMC) and
-:func:`particle_filter` (Puri et al. 2025) -- which are the generic :func:`itscale.search.smc` on a
-step rollout. Every strategy takes a static per-query ``nfe_budget`` (token positions through the
-network), prefills the prompt once, picks its width and reports the split (:class:`SearchSplit`) in its
-output. :func:`candidate_answers` feeds any of their candidates to the votes of :mod:`itscale.search`.
+:func:`dvts` (Beeching et al. 2024), :func:`rebase` (Wu et al. 2024): the generic engine
+(:mod:`itscale.search.tree`) and its selection rules (:mod:`itscale.search.selection`) on a step
+rollout, with the token hooks of :func:`tree_search` -- and SMC over reasoning steps --
+:func:`token_smc` (twisted SMC) and :func:`particle_filter` (Puri et al. 2025) -- which are the generic
+:func:`itscale.search.smc` on a step rollout. Every strategy takes a static per-query ``nfe_budget``
+(token positions through the network), prefills the prompt once, picks its width and reports the split
+(:class:`SearchSplit`) in its output; the tree searches return :class:`itscale.search.SearchOutput`.
+:func:`candidate_answers` feeds any of their candidates to the votes of :mod:`itscale.search`.
 """
 
 from itscale.tokens.search.answers import candidate_answers

@@ -8,33 +8,20 @@ be duplicates); after the last step the output holds the top N.
 With ``expansion="top_k"`` child j of a beam takes the beam's j-th most likely next token, so with
 ``step_length=1`` and enough beams (N ≥ V^(L−1) for L steps over a vocabulary of V, M = V) every
 sequence is enumerated and, with the PRM = the model's log-probability, the search returns the exact
-argmax sequence. Engine, budget and output: :mod:`itscale.tokens.search.tree`.
+argmax sequence. The rule: :func:`itscale.search.selection.beam`; engine, budget and output:
+:mod:`itscale.tokens.search.tree`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax.numpy as jnp
-from jax import lax
-
-from itscale.core import checks
 from itscale.core.sampler import Sampler
-from itscale.tokens.search.tree import tree_search
 from itscale.core.weights import takes_models
+from itscale.search.selection import beam, keep_top_beams
+from itscale.tokens.search.tree import tree_search
 
-
-def keep_top_beams(num_beams: int, expansions: int):
-    """Selection rule: the ``num_beams`` best live nodes of each group get ``expansions`` children
-    (finished ones 1); ties go to the lowest slot."""
-
-    def select(scores, live, done, params):
-        best, index = lax.top_k(scores, min(num_beams, scores.shape[-1]))
-        children = jnp.where(jnp.take_along_axis(done, index, axis=-1), 1, expansions)
-        children = jnp.where(best > -jnp.inf, children, 0).astype(jnp.int32)
-        return jnp.put_along_axis(jnp.zeros(scores.shape, jnp.int32), index, children, axis=-1, inplace=False)
-
-    return select
+__all__ = ["beam_search", "keep_top_beams"]
 
 
 @takes_models
@@ -44,16 +31,12 @@ def beam_search(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, nu
     """Beam search of ``nfe_budget // (num_steps · step_length · expansions)`` beams (after the prompt),
     each expanded into ``expansions`` children per step, keeping the top beams by ``reward_fn``.
 
-    Output: :class:`itscale.tokens.search.SearchOutput` (``split.num_groups`` = 1,
+    Output: :class:`itscale.search.SearchOutput` (``split.num_groups`` = beams,
     ``split.width`` = beams × expansions); ``params`` = ``SearchParams(base=decoding params)``.
     Other arguments: :func:`itscale.tokens.search.tree_search`.
     """
-    expansions = checks.positive_int("expansions", expansions)
-
-    def select(scores, live, done, params):
-        return keep_top_beams(scores.shape[-1] // expansions, expansions)(scores, live, done, params)
-
-    return tree_search(logits_fn, reward_fn, select, nfe_budget=nfe_budget, num_steps=num_steps,
-                       step_length=step_length, group_width=expansions, group_name="beam",
-                       independent_groups=False, separator_id=separator_id, expansion=expansion,
-                       **rollout_options)
+    rule = beam(expansions)
+    return tree_search(logits_fn, reward_fn, rule.select, nfe_budget=nfe_budget, num_steps=num_steps,
+                       step_length=step_length, group_width=rule.group_width, group_name=rule.group_name,
+                       independent_groups=rule.independent_groups, separator_id=separator_id,
+                       expansion=expansion, **rollout_options)
