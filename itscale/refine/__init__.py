@@ -3,6 +3,7 @@
 from itscale.refine.ddpm import ddpm
 from itscale.refine.diffrax_bridge import adaptive, diffrax_ode
 from itscale.refine.diffusion_coefficients import diffusion_coefficient
+from itscale.refine.guided import guided
 from itscale.refine.interpolant import convert_path
 from itscale.refine.langevin import langevin
 from itscale.refine.ode import ode
@@ -10,5 +11,5 @@ from itscale.refine.restart import restart
 from itscale.refine.sde import sde
 from itscale.refine.solvers import SOLVERS, Solver, Tableau, runge_kutta, tableau_order
 
-__all__ = ["SOLVERS", "Solver", "Tableau", "adaptive", "convert_path", "ddpm", "diffrax_ode",
+__all__ = ["SOLVERS", "Solver", "Tableau", "adaptive", "convert_path", "ddpm", "diffrax_ode", "guided",
            "diffusion_coefficient", "langevin", "ode", "restart", "runge_kutta", "sde", "tableau_order"]

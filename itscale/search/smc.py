@@ -104,6 +104,41 @@ class SMCOutput(NamedTuple):
     invalid_rewards: jax.Array
 
 
+def resample_step(key, tree, log_weights, ess_threshold, is_last, draw_ancestors):
+    """ESS-triggered resampling shared by the SMC samplers: if ESS(W) < ``ess_threshold`` · N (or the
+    threshold is >= 1) and ``is_last`` is False, draw ancestors with ``draw_ancestors`` from a key folded
+    out of the step's ``key``, resample every leaf of ``tree`` in place and set every log W to log mean W.
+
+    Returns ``(tree, log_weights, ess, log_mean, resampled)``; ``ess`` and ``log_mean`` are those of the
+    weights before resampling (resampling keeps the mean).
+    """
+    n = log_weights.shape[0]
+    ess, log_mean = resampling.ess_and_log_mean(log_weights)
+    threshold = jnp.asarray(ess_threshold, log_weights.dtype)
+    do_resample = ~is_last & ((ess < threshold * n) | (threshold >= 1))
+    resample_key = jax.random.fold_in(key, _RESAMPLE_STREAM)
+
+    def resampled(operands):
+        tree, log_w = operands
+        ancestors = draw_ancestors(resample_key, log_w)
+        return resample_in_place(tree, ancestors), jnp.full_like(log_w, log_mean)
+
+    tree, log_weights = counting.cond(do_resample, resampled, lambda ops: ops, (tree, log_weights))
+    return tree, log_weights, ess, log_mean, do_resample
+
+
+def smc_output(particles, log_weights, num_resamples, ever_all_impossible, invalid_rewards) -> SMCOutput:
+    """The :class:`SMCOutput` of particles with unnormalised ``log_weights`` (−inf: impossible)."""
+    return SMCOutput(particles=particles,
+                     log_weights=resampling.log_normalize(log_weights),
+                     log_normalizer=resampling.log_mean_exp(log_weights),
+                     ess=resampling.ess(log_weights),
+                     num_resamples=num_resamples,
+                     all_impossible=resampling.all_impossible(log_weights),
+                     ever_all_impossible=ever_all_impossible,
+                     invalid_rewards=invalid_rewards)
+
+
 def _free_and_alike(finalize, look, state, info) -> bool:
     """Static check: ``finalize(state)`` and ``look(state, info)`` make no counted (model / verifier)
     calls and return pytrees of the same structure, shapes and dtypes."""
@@ -215,20 +250,8 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
         moved = update_potential(previous, r, lam_)
         current = jax.tree.map(lambda a, b: jnp.where(is_last, a, b), potentials.final(r, lam_), moved)
         log_weights = log_weights + potentials.increment(previous, current, state.alive)
-        ess, log_mean = resampling.ess_and_log_mean(log_weights)
-        threshold = jnp.asarray(params.ess_threshold, dtype)
-        do_resample = ~is_last & ((ess < threshold * n) | (threshold >= 1))
-        resample_key = jax.random.fold_in(key, _RESAMPLE_STREAM)
-
-        def resampled(operands):
-            base_state, log_w, pot = operands
-            ancestors = draw_ancestors(resample_key, log_w)
-            mean = jnp.full_like(log_w, log_mean)
-            base_state, pot = resample_in_place((base_state, pot), ancestors)
-            return base_state, mean, pot
-
-        new_base, log_weights, current = counting.cond(do_resample, resampled, lambda ops: ops,
-                                                       (new_base, log_weights, current))
+        (new_base, current), log_weights, ess, log_mean, do_resample = resample_step(
+            key, (new_base, current), log_weights, params.ess_threshold, is_last, draw_ancestors)
         dead = log_mean == -jnp.inf                     # resampling keeps the mean: the same after it
         new_state = SMCState(new_base, _store(log_weights), log_weights > -jnp.inf,
                              jax.tree.map(_store, current),
@@ -240,15 +263,8 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
         return new_state, step_info
 
     def finalize(state):
-        log_weights = _log_weights(state)
-        return SMCOutput(particles=sampler.finalize(state.base),
-                         log_weights=resampling.log_normalize(log_weights),
-                         log_normalizer=resampling.log_mean_exp(log_weights),
-                         ess=resampling.ess(log_weights),
-                         num_resamples=state.num_resamples,
-                         all_impossible=resampling.all_impossible(log_weights),
-                         ever_all_impossible=state.ever_all_impossible,
-                         invalid_rewards=state.invalid_rewards)
+        return smc_output(sampler.finalize(state.base), _log_weights(state), state.num_resamples,
+                          state.ever_all_impossible, state.invalid_rewards)
 
     return Sampler(init, step, finalize, SMCParams(sampler.params, lam, ess_threshold),
                    watch_within(sampler.watch, "base"), sampler.prior, check_params(sampler),
