@@ -1,6 +1,8 @@
 """Model-function interfaces, analytic ground-truth models and networks."""
 
+from itscale.models import digits
 from itscale.models.bound import Bound, bind
+from itscale.models.digits import Classifier
 from itscale.models.gaussian_mixture import GaussianMixture
 from itscale.models.markov import MarkovLM, NGramLM
 from itscale.models.mlp import MLP, as_fn

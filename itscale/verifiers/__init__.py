@@ -1,6 +1,13 @@
-"""Reward functions and verifiers: batched over the leading axis and order preserving."""
+"""Reward functions and verifiers: batched over the leading axis and order preserving.
 
-from itscale.verifiers import arithmetic, arithmetic_task
+Exact tilts of a Gaussian mixture with their tilted laws (:mod:`~itscale.verifiers.tilts`), a digit
+classifier's rewards (:mod:`~itscale.verifiers.digits`), and the arithmetic task's checkers.
+"""
+
+from itscale.verifiers import arithmetic, arithmetic_task, digits, tilts
 from itscale.verifiers.arithmetic import noisy_verifier
+from itscale.verifiers.digits import class_log_prob, class_logit, feature_distance, features
+from itscale.verifiers.tilts import Tilt, linear_tilt, quadratic_tilt
 
-__all__ = ["arithmetic", "arithmetic_task", "noisy_verifier"]
+__all__ = ["Tilt", "arithmetic", "arithmetic_task", "class_log_prob", "class_logit", "digits", "feature_distance",
+           "features", "linear_tilt", "noisy_verifier", "quadratic_tilt", "tilts"]
