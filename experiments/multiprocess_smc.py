@@ -87,8 +87,8 @@ def solve(case: str, *, num_particles: int, num_steps: int, seed: int) -> dict:
     out, stats = result.output, result.stats
     values = multiprocess.gather({
         "particles": out.particles, "log_weights": out.log_weights, "log_normalizer": out.log_normalizer,
-        "ess": out.ess, "num_resamples": out.num_resamples, "all_impossible": out.all_impossible,
-        "ever_all_impossible": out.ever_all_impossible, "invalid_rewards": out.invalid_rewards,
+        **{name: out.info[name] for name in ("ess", "num_resamples", "all_impossible", "ever_all_impossible")},
+        "invalid_rewards": out.invalid_rewards,
         "nfe": stats.nfe, "verifier_calls": stats.verifier_calls, "nonfinite": stats.nonfinite})
     values["particle_devices"] = np.asarray(len(out.particles.sharding.device_set))
     values["process_count"] = np.asarray(jax.process_count())

@@ -187,8 +187,8 @@ def _search(setup: Setup, name: str, width: int):
     result = its.run(sampler, _key(setup), setup.prompts, num_steps=m.num_steps)
     out = result.output
     if name == "particle_filter":
-        tokens = out.smc.particles.tokens                                     # (Q, N, L)
-        best = jnp.take_along_axis(tokens, jnp.argmax(out.smc.log_weights, axis=1)[:, None, None], axis=1)[:, 0]
+        tokens = out.particles.tokens                                     # (Q, N, L)
+        best = jnp.take_along_axis(tokens, jnp.argmax(out.log_weights, axis=1)[:, None, None], axis=1)[:, 0]
     else:
         best = out.best.tokens
     split = out.split

@@ -90,7 +90,7 @@ def rows(quick: bool = False) -> list[dict]:
             smc_result = its.run(steered, key, x, num_steps=STEPS)
             plain_result = its.run(base, key, x, num_steps=STEPS)
             assert int(smc_result.stats.nfe) == int(plain_result.stats.nfe) == n * STEPS
-            assert int(smc_result.output.num_resamples) == STEPS - 1
+            assert int(smc_result.output.info["num_resamples"]) == STEPS - 1
             fns = {"smc": lambda: its.run(steered, key, x, num_steps=STEPS).output,
                    "plain": lambda: its.run(base, key, x, num_steps=STEPS).output}
             try:

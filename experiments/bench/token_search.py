@@ -123,7 +123,7 @@ def rows(quick: bool = False) -> list[dict]:
                             f"N={particles} particles, {completion} tokens, {what}",
                             {"search": (steered, x, completion), "plain": (stepwise, x, completion)}, repeats)
         assert nfe["search"] == nfe["plain"], nfe
-        resamples = int(its.run(steered, jax.random.key(0), x, num_steps=completion).output.num_resamples)
+        resamples = int(its.run(steered, jax.random.key(0), x, num_steps=completion).output.info["num_resamples"])
         row["note"] += f"; {resamples} resampling events"
         out.append(row)
 

@@ -30,7 +30,13 @@ last. ``lam`` and ``ess_threshold`` live in ``params`` (traced: new values never
 ``reward_fn`` maps a batch to rewards of shape (N,); it is counted as a verifier (N calls per step).
 A NaN or +inf reward is an invalid verdict: it is counted and the particle made impossible (−inf).
 If every weight becomes −inf, resampling falls back to uniform, log Ẑ = −inf, nothing is NaN, and
-``all_impossible`` reports it.
+``output.info["all_impossible"]`` reports it.
+
+Output: :class:`itscale.search.SearchOutput` (:func:`smc_output`): ``particles`` (= ``candidates``),
+normalised ``log_weights``, ``log_normalizer`` (log Ẑ), ``scores`` = λ·r(x_0) per particle with
+``best`` the highest, ``split`` (N × steps × NFE per step), and ``info`` (ess, num_resamples,
+all_impossible, ever_all_impossible). A batch of queries is ``its.particles(smc(...), Q)`` on ``x`` of
+shape (Q, N, ...): every output field gains the leading query axis.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from itscale.core import checks, counting
 from itscale.core.sampler import Sampler, init_state, validate, watch_within
 from itscale.search import potentials, resampling
 from itscale.search.in_place import resample_in_place
+from itscale.search.output import SearchOutput, search_output
+from itscale.search.split import SearchSplit
 from itscale.core.weights import takes_models
 
 _RESAMPLE_STREAM = 0x5EED  # fold-in constant: resampling key, distinct from the base step's key
@@ -64,6 +72,7 @@ class SMCState(NamedTuple):
     stored log-weight and potential values are placeholders (0).
 
     potential: each particle's reward history (:class:`itscale.search.potentials.PotentialState`).
+    split: the run's N × steps × NFE per step (:class:`itscale.search.SearchSplit`, int32 arrays).
     """
 
     base: Any
@@ -73,6 +82,7 @@ class SMCState(NamedTuple):
     num_resamples: jax.Array
     ever_all_impossible: jax.Array
     invalid_rewards: jax.Array
+    split: SearchSplit | None
 
 
 def _store(values):
@@ -82,26 +92,6 @@ def _store(values):
 
 def _log_weights(state: SMCState) -> jax.Array:
     return jnp.where(state.alive, state.log_weights, -jnp.inf)
-
-
-class SMCOutput(NamedTuple):
-    """``particles``: the base sampler's finalized output for the N particles (leading axis N).
-
-    log_weights: normalised log-weights (logsumexp = 0; uniform if every particle is impossible).
-    log_normalizer: log Ẑ, the estimate of log E_p[exp(λ r(x_0))] (−inf if every particle died).
-    ess: effective sample size of the final weights. num_resamples: resampling events.
-    all_impossible: the final weights are all zero. ever_all_impossible: that happened at some step.
-    invalid_rewards: NaN / +inf rewards met (each made its particle impossible).
-    """
-
-    particles: Any
-    log_weights: jax.Array
-    log_normalizer: jax.Array
-    ess: jax.Array
-    num_resamples: jax.Array
-    all_impossible: jax.Array
-    ever_all_impossible: jax.Array
-    invalid_rewards: jax.Array
 
 
 def resample_step(key, tree, log_weights, ess_threshold, is_last, draw_ancestors):
@@ -127,16 +117,27 @@ def resample_step(key, tree, log_weights, ess_threshold, is_last, draw_ancestors
     return tree, log_weights, ess, log_mean, do_resample
 
 
-def smc_output(particles, log_weights, num_resamples, ever_all_impossible, invalid_rewards) -> SMCOutput:
-    """The :class:`SMCOutput` of particles with unnormalised ``log_weights`` (−inf: impossible)."""
-    return SMCOutput(particles=particles,
-                     log_weights=resampling.log_normalize(log_weights),
-                     log_normalizer=resampling.log_mean_exp(log_weights),
-                     ess=resampling.ess(log_weights),
-                     num_resamples=num_resamples,
-                     all_impossible=resampling.all_impossible(log_weights),
-                     ever_all_impossible=ever_all_impossible,
-                     invalid_rewards=invalid_rewards)
+def particle_split(num_particles: int, num_steps: int, nfe_per_step: int | None) -> SearchSplit:
+    """The split of an SMC run: N particles over ``num_steps`` steps (the bound assumes 1 NFE per step
+    when the base sampler does not declare its cost)."""
+    per = nfe_per_step or 1
+    bound = num_particles * num_steps * per
+    return SearchSplit(bound, bound, 0, num_particles, 1, num_particles, num_steps, per, 1)
+
+
+def smc_output(particles, log_weights, final_log_potentials, *, split, num_resamples, ever_all_impossible,
+               invalid_rewards) -> SearchOutput:
+    """The :class:`itscale.search.SearchOutput` of an SMC population: ``scores`` are the particles'
+    final log-potentials λ·r(x_0) (−inf for impossible particles; ``best`` is the particle with the
+    highest), with the normalised ``log_weights``, ``log_normalizer`` = log Ẑ and, in ``info``: ``ess``
+    of the final weights, ``num_resamples``, ``all_impossible`` (every final weight is zero) and
+    ``ever_all_impossible`` (that happened at some step)."""
+    info = {"ess": resampling.ess(log_weights), "num_resamples": num_resamples,
+            "all_impossible": resampling.all_impossible(log_weights), "ever_all_impossible": ever_all_impossible}
+    scores = jnp.where(log_weights > -jnp.inf, final_log_potentials, -jnp.inf)
+    return search_output(particles, scores, split=split, invalid_rewards=invalid_rewards,
+                         log_weights=resampling.log_normalize(log_weights),
+                         log_normalizer=resampling.log_mean_exp(log_weights), info=info)
 
 
 def _free_and_alike(finalize, look, state, info) -> bool:
@@ -219,9 +220,10 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
         reward_shape = counting.eval_shape(lambda s: score(sampler.finalize(s)), base_state)
         dtype = jnp.promote_types(reward_shape.dtype, jnp.float32)
         zero = jnp.zeros((), jnp.int32)
+        split = None if ctx is None else particle_split(n, ctx.num_steps, sampler.nfe_per_step).as_arrays()
         return SMCState(base_state, jnp.zeros((n,), dtype), jnp.ones((n,), bool),
                         jax.tree.map(_store, potentials.initial(potential, n, dtype)), zero,
-                        jnp.zeros((), bool), zero)
+                        jnp.zeros((), bool), zero, split)
 
     def rewards(new_base, info, is_last):
         """r(x0_hat of the pre-step state), or r(x_0) at the last step; one verifier call either way."""
@@ -257,14 +259,15 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
                              jax.tree.map(_store, current),
                              state.num_resamples + do_resample.astype(jnp.int32),
                              state.ever_all_impossible | dead,
-                             state.invalid_rewards + jnp.sum(invalid, dtype=jnp.int32))
+                             state.invalid_rewards + jnp.sum(invalid, dtype=jnp.int32), state.split)
         step_info = {"ess": ess, "resampled": do_resample, "all_impossible": dead,
                      "log_normalizer": log_mean, "base": info}
         return new_state, step_info
 
     def finalize(state):
-        return smc_output(sampler.finalize(state.base), _log_weights(state), state.num_resamples,
-                          state.ever_all_impossible, state.invalid_rewards)
+        return smc_output(sampler.finalize(state.base), _log_weights(state), state.potential.log_potential,
+                          split=state.split, num_resamples=state.num_resamples,
+                          ever_all_impossible=state.ever_all_impossible, invalid_rewards=state.invalid_rewards)
 
     return Sampler(init, step, finalize, SMCParams(sampler.params, lam, ess_threshold),
                    watch_within(sampler.watch, "base"), sampler.prior, check_params(sampler),

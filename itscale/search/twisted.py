@@ -45,7 +45,8 @@ from itscale.refine.guided import Twist, checked, ddpm_moments, guided_move, rew
 from itscale.refine.prior import noise_prior
 from itscale.refine.sde import check_noise
 from itscale.search import resampling
-from itscale.search.smc import resample_step, smc_output
+from itscale.search.smc import particle_split, resample_step, smc_output
+from itscale.search.split import SearchSplit
 
 GUIDANCE = ("twisted", "none")
 
@@ -62,6 +63,7 @@ class TwistedState(NamedTuple):
     num_resamples: jax.Array
     ever_all_impossible: jax.Array
     invalid_rewards: jax.Array
+    split: SearchSplit
 
 
 def _store(twist: Twist, alive) -> Twist:
@@ -92,7 +94,8 @@ def twisted_smc(model_fn: Callable, path: Path, reward_fn: Callable, *, num_part
       resample: ``"systematic"`` | ``"stratified"`` | ``"multinomial"`` | ``"residual"``.
       ess_threshold: default of ``params["ess_threshold"]`` in [0, 1].
       grid, prediction: as for :func:`itscale.refine.ddpm`.
-    output: :class:`itscale.search.smc.SMCOutput`.
+    output: :class:`itscale.search.SearchOutput` (:func:`itscale.search.smc.smc_output`: scores are the
+    final log twists λ·r(x_0)).
     """
     if not callable(reward_fn):
         raise TypeError(f"reward_fn must be callable (batch -> rewards of shape (N,)), got "
@@ -129,7 +132,8 @@ def twisted_smc(model_fn: Callable, path: Path, reward_fn: Callable, *, num_part
         alive = twist.log_twist > -jnp.inf
         dead = ~jnp.any(alive)
         return TwistedState(x, _store(twist, alive), jnp.where(alive, twist.log_twist, 0.0), alive,
-                            jnp.zeros((), jnp.int32), dead, jnp.sum(invalid, dtype=jnp.int32))
+                            jnp.zeros((), jnp.int32), dead, jnp.sum(invalid, dtype=jnp.int32),
+                            particle_split(n, ctx.num_steps, 1).as_arrays())
 
     def step(key, state, ctx, params):
         times = times_rule(ctx.num_steps, state.x.dtype)
@@ -158,13 +162,14 @@ def twisted_smc(model_fn: Callable, path: Path, reward_fn: Callable, *, num_part
                                  jnp.where(alive, log_weights, 0.0), alive,
                                  state.num_resamples + resampled.astype(jnp.int32),
                                  state.ever_all_impossible | dead,
-                                 state.invalid_rewards + jnp.sum(invalid, dtype=jnp.int32))
+                                 state.invalid_rewards + jnp.sum(invalid, dtype=jnp.int32), state.split)
         return new_state, {"ess": ess, "resampled": resampled, "all_impossible": dead,
                            "log_normalizer": log_mean, "x0_hat": old.x0_hat}
 
     def finalize(state):
-        return smc_output(state.x, _log_weights(state), state.num_resamples, state.ever_all_impossible,
-                          state.invalid_rewards)
+        return smc_output(state.x, _log_weights(state), state.twist.log_twist, split=state.split,
+                          num_resamples=state.num_resamples, ever_all_impossible=state.ever_all_impossible,
+                          invalid_rewards=state.invalid_rewards)
 
     return Sampler(init, step, finalize, params, prior=noise_prior(path, grid),
                    validate=checks.param_ranges(lam=(-float("inf"), float("inf")), ess_threshold=(0.0, 1.0),

@@ -25,11 +25,11 @@ __all__ = [
 # LM search under an NFE budget (step-level beam search, DVTS, REBASE, token SMC, particle filtering).
 from itscale.tokens import search  # noqa: E402
 from itscale.tokens.search import (ParticleFilterParams, RebaseParams, SearchOutput, SearchParams,  # noqa: E402
-                                   SearchSplit, TokenSMCOutput, beam_search, candidate_answers, dvts,
+                                   SearchSplit, beam_search, candidate_answers, dvts,
                                    particle_filter, plan_search, rebase, token_smc, tree_search)
 
 __all__ += [
-    "ParticleFilterParams", "RebaseParams", "SearchOutput", "SearchParams", "SearchSplit", "TokenSMCOutput",
+    "ParticleFilterParams", "RebaseParams", "SearchOutput", "SearchParams", "SearchSplit",
     "beam_search", "candidate_answers", "dvts", "particle_filter", "plan_search", "rebase", "search",
     "token_smc", "tree_search",
 ]

@@ -51,8 +51,8 @@ def test_particle_filter_with_integer_tau_default_keeps_fractional_tau():
     swept = make(1)
     got = its.run(swept, jax.random.key(3), prompts, num_steps=4, params=swept.params._replace(tau=0.25))
     want = its.run(make(0.25), jax.random.key(3), prompts, num_steps=4)
-    np.testing.assert_array_equal(got.output.smc.particles.tokens, want.output.smc.particles.tokens)
-    np.testing.assert_allclose(got.output.smc.log_normalizer, want.output.smc.log_normalizer, rtol=1e-6)
+    np.testing.assert_array_equal(got.output.particles.tokens, want.output.particles.tokens)
+    np.testing.assert_allclose(got.output.log_normalizer, want.output.log_normalizer, rtol=1e-6)
 
 
 @pytest.mark.parametrize("value, error, match", [

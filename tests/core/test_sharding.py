@@ -55,7 +55,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
     # bitwise equal; reductions over the split axis (log Z, normalisation) may round differently.
     one, many = both(lambda x, t: -(1.0 + t) * x)
     np.testing.assert_array_equal(one.trace.info["resampled"], many.trace.info["resampled"])
-    assert int(one.output.num_resamples) >= 3
+    assert int(one.output.info["num_resamples"]) >= 3
     np.testing.assert_array_equal(one.output.particles, many.output.particles)
     np.testing.assert_allclose(one.output.log_weights, many.output.log_weights, rtol=1e-6)
     np.testing.assert_allclose(one.output.log_normalizer, many.output.log_normalizer, rtol=1e-6)
@@ -114,7 +114,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
     start = jnp.repeat(prompts[:1], N, axis=0)
     one, many = (its.run(steered, jax.random.key(2), s, num_steps=6)
                  for s in (start, sharding.shard_particles(start, mesh)))
-    assert int(one.output.num_resamples) == 5
+    assert int(one.output.info["num_resamples"]) == 5
     np.testing.assert_array_equal(one.output.particles.tokens, many.output.particles.tokens)
     print("OK")
 """)

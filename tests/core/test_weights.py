@@ -161,7 +161,7 @@ def test_token_searches_take_modules_and_bound_models():
         assert np.isfinite(np.asarray(beam.output.best_score)).all()
         smc = its.run(its.tokens.token_smc(lm, reward, nfe_budget=4 + 8 * 3, num_steps=3, step_length=1),
                       jax.random.key(0), PROMPTS[:1], num_steps=3)
-        assert np.isfinite(np.asarray(smc.output.smc.log_normalizer)).all()
+        assert np.isfinite(np.asarray(smc.output.log_normalizer)).all()
 
 
 def test_a_module_as_reward_and_distinct_static_configurations():

@@ -140,8 +140,8 @@ def test_beam_search_and_token_smc_run_with_their_nfe():
                   jax.random.key(3), prompts, num_steps=steps)
     assert int(smc.stats.nfe) == 2 * budget and int(smc.stats.verifier_calls) == 2 * particles * steps
     assert int(smc.stats.nonfinite) == 0 and int(smc.output.split.width) == particles
-    assert np.all(np.isfinite(np.asarray(smc.output.smc.log_normalizer)))
-    assert smc.output.smc.particles.tokens.shape == (2, particles, 5 + steps)
+    assert np.all(np.isfinite(np.asarray(smc.output.log_normalizer)))
+    assert smc.output.particles.tokens.shape == (2, particles, 5 + steps)
 
 
 def test_two_initialisations_share_apply_fn_weight_structure_and_compiled_loop(greedy, monkeypatch):

@@ -36,7 +36,7 @@ def test_counts_nfe_and_verifier_calls_and_reports_per_step_info():
     info = result.trace.info
     assert info["ess"].shape == (STEPS,)
     np.testing.assert_array_equal(info["resampled"], [True] * (STEPS - 1) + [False])  # never after the last
-    assert int(result.output.num_resamples) == STEPS - 1
+    assert int(result.output.info["num_resamples"]) == STEPS - 1
     np.testing.assert_allclose(jax.scipy.special.logsumexp(result.output.log_weights), 0.0, atol=1e-5)
     np.testing.assert_allclose(info["log_normalizer"][-1], result.output.log_normalizer, rtol=1e-6)
 
@@ -56,7 +56,7 @@ def test_without_resampling_particles_are_the_base_samples_weighted_by_the_final
     base = _run(BASE).output
     out = _run(its.search.smc(BASE, _reward, num_particles=N, ess_threshold=0.0)).output
     np.testing.assert_allclose(out.particles, base, rtol=1e-6, atol=1e-7)
-    assert int(out.num_resamples) == 0
+    assert int(out.info["num_resamples"]) == 0
     # Importance sampling: the potentials telescope to exp(lam * r(x0)) for every particle.
     np.testing.assert_allclose(out.log_weights, jax.nn.log_softmax(_reward(base)), rtol=1e-4, atol=1e-5)
 
@@ -89,9 +89,9 @@ def test_all_impossible_rewards_give_no_nan_and_are_reported():
     steered = its.search.smc(BASE, lambda x: jnp.full(x.shape[:1], -jnp.inf), num_particles=N)
     result = _run(steered)
     out = result.output
-    assert bool(out.all_impossible) and bool(out.ever_all_impossible)
+    assert bool(out.info["all_impossible"]) and bool(out.info["ever_all_impossible"])
     assert float(out.log_normalizer) == -np.inf
-    assert float(out.ess) == 0.0
+    assert float(out.info["ess"]) == 0.0
     np.testing.assert_allclose(out.log_weights, np.full(N, -np.log(N)), rtol=1e-6)
     assert np.all(np.isfinite(out.particles))
     assert int(result.stats.nonfinite) == 0  # impossible particles are legal, not faults
@@ -107,7 +107,7 @@ def test_impossible_and_invalid_particles_are_dropped_and_counted():
     out = result.output
     assert int(result.stats.nonfinite) == 0
     assert int(out.invalid_rewards) == STEPS
-    assert not bool(out.all_impossible) and np.isfinite(float(out.log_normalizer))
+    assert not bool(out.info["all_impossible"]) and np.isfinite(float(out.log_normalizer))
     dead = np.array(out.particles[:, 0] < 0)
     dead[0] = True  # its last verdict was NaN
     assert np.all(np.asarray(out.log_weights)[dead] == -np.inf)

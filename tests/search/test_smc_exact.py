@@ -61,8 +61,8 @@ def _exact_base_runs():
 
 def test_log_normalizer_is_unbiased_over_an_exact_base_sampler():
     out = _exact_base_runs()
-    assert float(np.mean(out.num_resamples)) > 3  # resampling is exercised
-    assert not np.any(out.all_impossible) and int(np.sum(out.invalid_rewards)) == 0
+    assert float(np.mean(out.info["num_resamples"])) > 3  # resampling is exercised
+    assert not np.any(out.info["all_impossible"]) and int(np.sum(out.invalid_rewards)) == 0
     _check_log_normalizer(out)
 
 
@@ -74,7 +74,7 @@ def test_smc_over_refine_sde_matches_the_tilt():
     path = its.paths.linear()
     base = its.refine.sde(GMM.velocity(path), path, grid=its.paths.Grid("uniform", t_min=0.0))
     out = _runs(base, 50, ess_threshold=0.8, seed=1)
-    assert float(np.mean(out.num_resamples)) > 2
+    assert float(np.mean(out.info["num_resamples"])) > 2
     # 0.05 nats / 0.03 allow for the Euler-Maruyama discretisation of the base sampler itself.
     _check_log_normalizer(out, slack=0.05)
     _check_tilted_mean(out, slack=0.03)
@@ -82,6 +82,6 @@ def test_smc_over_refine_sde_matches_the_tilt():
 
 def test_base_sampler_exact_in_one_step_gives_monte_carlo_log_z():
     out = _runs(gmm_samplers.one_shot(GMM), 1, num_particles=1024, seed=2)
-    assert int(np.max(out.num_resamples)) == 0  # the last step never resamples
+    assert int(np.max(out.info["num_resamples"])) == 0  # the last step never resamples
     _check_log_normalizer(out)
     _check_tilted_mean(out)

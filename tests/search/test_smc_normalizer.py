@@ -51,7 +51,7 @@ def _ddpm_chain_z():
 def test_fk_steering_z_hat_is_unbiased_over_an_exact_sampler():
     out = _outputs(its.search.smc(gmm_samplers.exact_ancestral(P.gmm), P.reward, num_particles=PARTICLES,
                                   ess_threshold=0.8), num_steps=10)
-    assert float(np.mean(out.num_resamples)) > 2
+    assert float(np.mean(out.info["num_resamples"])) > 2
     mean, se = _z_mean_and_se(out)
     z = float(np.exp(P.gmm.tilted(P.center, P.precision)[1]))
     assert abs(mean - z) < 3.0 * se, (mean, z, se)
@@ -64,7 +64,7 @@ def test_fk_steering_and_tds_z_hat_are_unbiased_for_the_ddpm_chain():
     fk = _outputs(its.search.smc(its.refine.ddpm(VELOCITY, P.path), P.reward, num_particles=PARTICLES))
     tds = _outputs(twisted_smc(VELOCITY, P.path, P.reward, num_particles=PARTICLES), seed=1)
     for out in (fk, tds):
-        assert float(np.mean(out.num_resamples)) > 0.2
+        assert float(np.mean(out.info["num_resamples"])) > 0.2
         mean, se = _z_mean_and_se(out)
         assert abs(mean - z) < 3.0 * np.hypot(se, z_se), (mean, z, se, z_se)
 

@@ -37,7 +37,7 @@ def test_smc_over_a_token_rollout_estimates_the_exact_log_normalizer():
     prompts = jnp.full((n, 1), PROMPT, jnp.int32)
     out = jax.jit(jax.vmap(lambda k: its.run(steered, k, prompts, num_steps=NEW).output))(
         jax.random.split(jax.random.key(0), seeds))
-    assert float(np.mean(out.num_resamples)) >= 1
+    assert float(np.mean(out.info["num_resamples"])) >= 1
     log_z_hat = np.asarray(out.log_normalizer)
     se = log_z_hat.std(ddof=1) / np.sqrt(seeds)
     assert abs(log_z_hat.mean() - _exact_log_z(lam)) < 3.0 * se + 1e-3
@@ -77,7 +77,7 @@ def test_resampled_copies_of_a_default_rollout_draw_fresh_noise():
     run = jax.jit(lambda key: its.run(steered, key, jnp.zeros((n, 1), jnp.int32), num_steps=new).output)
     for key in (jax.random.key(0), jax.random.PRNGKey(1)):
         out = run(key)
-        assert int(out.num_resamples) == new - 1
+        assert int(out.info["num_resamples"]) == new - 1
         tokens = np.asarray(out.particles.tokens)
         _, copies = np.unique(tokens[:, :-1], axis=0, return_counts=True)
         expected = np.sum(vocab * (1.0 - (1.0 - 1.0 / vocab) ** copies))

@@ -128,7 +128,7 @@ def test_all_impossible_rewards_give_no_nan_and_are_flagged():
                      num_steps=steps)
     out = result.output
     assert float(out.log_normalizer) == -np.inf
-    assert bool(out.all_impossible) and bool(out.ever_all_impossible)
+    assert bool(out.info["all_impossible"]) and bool(out.info["ever_all_impossible"])
     assert int(out.invalid_rewards) == 0 and int(result.stats.nonfinite) == 0
     assert np.all(np.isfinite(out.particles)) and np.all(np.isfinite(out.log_weights))
 
@@ -171,7 +171,7 @@ def test_queries_times_particles_equal_single_query_runs_with_the_matching_keys(
 
     for query in range(q):
         alone = single(query, x[query])
-        assert int(alone.num_resamples) == steps - 1
+        assert int(alone.info["num_resamples"]) == steps - 1
         for got, want in zip(jax.tree.leaves(jax.tree.map(lambda a: a[query], batched.output)),
                              jax.tree.leaves(alone)):
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)

@@ -48,12 +48,12 @@ def _runs(sampler, num_particles, taus):
 
 def _correct(out):
     """(SEEDS, N) bool: each final particle contains A."""
-    particles = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[3:]), out.smc.particles)
+    particles = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[3:]), out.particles)
     return np.asarray(completion_contains(particles, A)).reshape(SEEDS, -1)
 
 
 def _answer_correct(out):
-    weights = np.asarray(out.smc.log_weights)[:, 0]
+    weights = np.asarray(out.log_weights)[:, 0]
     return _correct(out)[np.arange(SEEDS), np.argmax(weights, axis=1)]
 
 
@@ -83,11 +83,11 @@ def test_answer_improves_with_the_budget_and_beats_plain_sampling():
     table = [[right_large, SEEDS - right_large], [right_small, SEEDS - right_small]]
     assert stats.fisher_exact(table, alternative="greater").pvalue < 1e-6
     # runs where no particle is correct: every weight 0, reported (uniform fallback), never NaN
-    dead = np.asarray(small.smc.all_impossible)[:, 0]
+    dead = np.asarray(small.info["all_impossible"])[:, 0]
     assert dead.any() and np.array_equal(dead, ~_correct(small).any(1))
-    log_weights = np.asarray(small.smc.log_weights)[:, 0]
+    log_weights = np.asarray(small.log_weights)[:, 0]
     assert not np.isnan(log_weights).any() and np.all(np.isfinite(log_weights[dead]))
-    assert np.all(np.asarray(small.smc.log_normalizer)[dead, 0] == -np.inf)
+    assert np.all(np.asarray(small.log_normalizer)[dead, 0] == -np.inf)
 
 
 def test_log_odds_and_argument_errors():

@@ -7,7 +7,7 @@ rollout, with the token hooks of :func:`tree_search` -- and SMC over reasoning s
 :func:`token_smc` (twisted SMC) and :func:`particle_filter` (Puri et al. 2025) -- which are the generic
 :func:`itscale.search.smc` on a step rollout. Every strategy takes a static per-query ``nfe_budget``
 (token positions through the network), prefills the prompt once, picks its width and reports the split
-(:class:`SearchSplit`) in its output; the tree searches return :class:`itscale.search.SearchOutput`.
+(:class:`SearchSplit`) in its output; every search returns :class:`itscale.search.SearchOutput`.
 :func:`candidate_answers` feeds any of their candidates to the votes of :mod:`itscale.search`.
 """
 
@@ -18,12 +18,12 @@ from itscale.tokens.search.dvts import dvts, keep_best_child
 from itscale.tokens.search.particle_filter import ParticleFilterParams, log_odds, particle_filter
 from itscale.tokens.search.rebase import RebaseParams, balance_children, rebase
 from itscale.tokens.search.shared_prompt import replicate_rows, shared_prompt
-from itscale.tokens.search.smc import TokenSMCOutput, token_smc
+from itscale.tokens.search.smc import token_smc
 from itscale.tokens.search.tree import EXPANSIONS, SearchOutput, SearchParams, TreeState, tree_search
 
 __all__ = [
     "EXPANSIONS", "ParticleFilterParams", "RebaseParams", "SearchOutput", "SearchParams", "SearchSplit",
-    "TokenSMCOutput", "TreeState", "balance_children", "beam_search", "candidate_answers", "dvts",
+    "TreeState", "balance_children", "beam_search", "candidate_answers", "dvts",
     "keep_best_child", "keep_top_beams", "log_odds", "particle_filter", "plan_search", "rebase",
     "replicate_rows", "shared_prompt", "token_smc", "tree_search",
 ]

@@ -6,12 +6,12 @@ but the last). This is :func:`itscale.tokens.search.token_smc` with reward logit
 ``"immediate"`` potential (incremental log-weight λ·logit(r_t) at intermediate steps) and
 ``ess_threshold = 1``; at the last step the potential's correction makes the final weights those of
 the target p(x) · (r / (1 − r))^{1/τ} of the complete sequences (:mod:`itscale.search.potentials`), so
-the weighted particles (``output.smc.log_weights``) answer by weighted vote or argmax.
+the weighted particles (``output.log_weights``) answer by weighted vote or argmax.
 
 τ > 0 lives in ``params.tau`` (traced: sweeping it never recompiles). r = 0 gives logit −inf (an
 impossible particle, never resampled); r = 1 is read as 1 − ε (ε the dtype's epsilon) so that a
 certain step keeps a finite weight; r outside [0, 1] or NaN is an invalid verdict (counted in
-``output.smc.invalid_rewards``, particle made impossible).
+``output.invalid_rewards``, particle made impossible).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def particle_filter(logits_fn: Callable, process_reward_fn: Callable, *, nfe_bud
     weighted by softmax(logit(PRM) / τ) and resampled every step; see the module docstring.
 
     ``process_reward_fn``: ``Generation`` (N rows) -> PRM scores in [0, 1] (N,). Output:
-    :class:`itscale.tokens.search.TokenSMCOutput`; ``params`` =
+    :class:`itscale.search.SearchOutput` (as :func:`token_smc`); ``params`` =
     ``ParticleFilterParams(base=decoding params, tau)``. Other arguments:
     :func:`itscale.tokens.search.token_smc`.
     """

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,20 +36,12 @@ from itscale.core.keys import split_per_particle
 from itscale.core.particles import particles
 from itscale.core.sampler import Sampler, init_state, watch_within
 from itscale.search.in_place import resample_in_place
-from itscale.search.smc import SMCOutput, SMCParams, check_params, smc
+from itscale.search.smc import SMCParams, check_params, smc
 from itscale.tokens import sequences
 from itscale.tokens.search.budget import SearchSplit, check_budget, plan_search
 from itscale.tokens.search.shared_prompt import shared_prompt
 from itscale.tokens.steps import step_rollout
 from itscale.core.weights import takes_models
-
-
-class TokenSMCOutput(NamedTuple):
-    """smc: :class:`itscale.search.SMCOutput` with a leading batch (query) axis on every leaf
-    (``smc.particles`` a Generation of leaves (batch, N, ...)); split: the budget's split."""
-
-    smc: SMCOutput
-    split: SearchSplit
 
 
 @takes_models
@@ -128,7 +119,7 @@ def token_smc(logits_fn: Callable, reward_fn: Callable, *, nfe_budget: int, num_
 
     def finalize(state):
         prompt_len = state.base.seq.tokens.shape[-1] - num_steps * step_length
-        return TokenSMCOutput(for_state(state).finalize(state), plan(prompt_len).as_arrays())
+        return for_state(state).finalize(state)._replace(split=plan(prompt_len).as_arrays())
 
     return Sampler(init, step, finalize, SMCParams(base.params, lam, ess_threshold), watch_within(base.watch, "base"),
                    validate=check_params(base))
