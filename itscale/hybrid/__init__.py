@@ -1,0 +1,30 @@
+"""itscale.hybrid: both axes at once -- masked (absorbing-state) discrete diffusion over tokens.
+
+Every sampler takes a denoiser ``denoiser_fn(tokens, t) -> logits`` of p_θ(x₀ | z_t) per position
+(:mod:`itscale.hybrid.masked`) and a ``mask_id``, runs with ``its.run(sampler, key, x, num_steps=K)`` on
+``x`` (batch, L) holding ``mask_id`` where tokens are to be generated (all of them, or around prompts /
+infilling constraints), counts one NFE per row per step, and returns a :class:`MaskedGeneration`
+(``tokens``, ``log_probs``, ``num_masked``). They compose with ``its.search.smc`` / ``best_of_n`` as any
+sampler does.
+
+* :func:`mdlm`: MDLM ancestral sampling (Sahoo et al. 2024); :func:`remdm`: ReMDM remasking
+  (Wang et al. 2025), cap / rescale / loop schedules.
+* :func:`first_hitting`: one token per step at its sampled hitting time (Zheng et al. 2024).
+* :func:`maskgit`: MaskGIT confidence decoding (Chang et al. 2022).
+* :func:`markov_denoiser`: the perfect denoiser of a Markov chain (forward–backward): exact ground truth.
+* :func:`categorical`, :func:`gumbel_noise`: Gumbel-max draws from 64 random bits, unbiased in float32.
+* masking schedules α(t): :func:`mask_schedule` (``"log-linear"``, ``"cosine"``).
+"""
+
+from itscale.hybrid.exact_conditionals import markov_denoiser
+from itscale.hybrid.first_hitting import first_hitting
+from itscale.hybrid.gumbel import categorical, gumbel_noise
+from itscale.hybrid.mask_schedules import COSINE, LOG_LINEAR, MaskSchedule, mask_schedule
+from itscale.hybrid.masked import MaskedGeneration, MaskedState
+from itscale.hybrid.masked_diffusion import mdlm, remdm
+from itscale.hybrid.maskgit import maskgit
+
+__all__ = [
+    "COSINE", "LOG_LINEAR", "MaskSchedule", "MaskedGeneration", "MaskedState", "categorical", "first_hitting",
+    "gumbel_noise", "markov_denoiser", "mask_schedule", "maskgit", "mdlm", "remdm",
+]
