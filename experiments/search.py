@@ -18,8 +18,13 @@ not stored), so they are computed by the first run after the module lands.
 2. **Kim et al.'s comparison.** {linear-ODE, linear-SDE, VP-SDE (interpolant conversion,
    ``its.refine.convert_path``)} × {BoN, search over paths, SMC, SVDD, RBF} at equal NFE on one reward,
    with a verdict on their ordering VP-SDE > linear-SDE > linear-ODE and "RBF best".
-3. **Real data** (when ``experiments.digits_models`` exists): steer an unconditional flow on digits
-   towards a class.
+3. **Real data.** The unconditional flow-matching MLP on scikit-learn's 8×8 digits
+   (``experiments.digits_models.load_or_train``, cached on disk) steered towards one class with the
+   classifier's r(x) = log p(y = c | x) (``itscale.verifiers.digits.class_log_prob``): noise search
+   (best-of-N, zero-order) on the Euler ODE, the other strategies on the reverse SDE; per NFE budget:
+   reward, hit rate (classifier arg-max = c), feature distance to held-out digits of c
+   (``feature_distance``), diversity of the queries' outputs, and a sample grid (PNG). Its cells live
+   in their own sweep file (``search_digits_<digest>.json``, :class:`DigitsConfig`).
 
 The output measure of a method, per query: a search (best-of-N, noise / path search, SVDD, RBF)
 returns one sample (weight 1 on ``output.best``); a weighted method (SMC, anything whose
@@ -195,11 +200,21 @@ def _twisted(module, b: Build):
                          b.num_queries), n
 
 
+NEIGHBOURS = 4      # zero-order search: candidates per round (the rest of the budget buys rounds)
+
+
+def _zero_order(module, b: Build):
+    """Zero-order search (Ma et al. 2025, arXiv 2501.09732) scales by iterating: R = ⌊B / (4·K·p)⌋ rounds
+    of at least 4 candidates (R = 1, best-of-N, when B buys fewer than 8 full samples); the width is
+    planned from what is left."""
+    rounds = max(1, b.nfe_budget // (NEIGHBOURS * b.num_steps * declared_nfe_per_step(b.base)))
+    return module.zero_order_search(b.base, b.reward, nfe_budget=b.nfe_budget, rounds=rounds), None
+
+
 STRATEGIES: dict[str, Strategy] = {
     "plain": Strategy("plain sampling (1 sample)", "itscale.search.best_of_n", _plain, fixed_budget=True),
     "bon": Strategy("best-of-N", "itscale.search.best_of_n", _by_budget("best_of_n")),
-    "zero_order": Strategy("zero-order noise search (2 rounds)", "itscale.search.noise_search",
-                           _by_budget("zero_order_search", rounds=2)),
+    "zero_order": Strategy("zero-order noise search (rounds of 4)", "itscale.search.noise_search", _zero_order),
     "path_search": Strategy("search over paths (2 rounds, 2 branches)", "itscale.search.path_search",
                             _by_budget("path_search", rounds=2, branch=2, renoise_step=2, path=lambda b: b.path)),
     "smc": Strategy("SMC / FK steering", "itscale.search.smc", _smc),
@@ -266,12 +281,18 @@ def run_strategy(name: str, b: Build, x, key) -> Measure:
 
 def mode_masses(tilted, points: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Weighted mass of the pooled measure on each component (a point belongs to the component of the
-    tilted mixture with the highest responsibility); queries weigh 1 / Q each."""
-    flat = points.reshape(-1, points.shape[-1])
-    comp = jax.vmap(lambda m, c: jax.scipy.stats.multivariate_normal.logpdf(flat, m, c))(tilted.means, tilted.covs)
-    owner = np.asarray(jnp.argmax(jnp.log(tilted.weights)[:, None] + comp, axis=0))
+    tilted mixture with the highest responsibility log w_k + log N(x; μ_k, Σ_k)); queries weigh 1 / Q each."""
+    flat = points.reshape(-1, points.shape[-1]).astype(np.float64)
+    log_w = np.log(np.asarray(tilted.weights, np.float64))
+    means, covs = np.asarray(tilted.means, np.float64), np.asarray(tilted.covs, np.float64)
+    scores = []
+    for lw, mean, cov in zip(log_w, means, covs):
+        centred = flat - mean
+        maha = np.sum(centred * np.linalg.solve(cov, centred.T).T, axis=-1)
+        scores.append(lw - 0.5 * (maha + np.linalg.slogdet(cov)[1]))
+    owner = np.argmax(np.stack(scores), axis=0)
     w = weights.reshape(-1) / points.shape[0]
-    return np.bincount(owner, weights=w, minlength=tilted.num_components)
+    return np.bincount(owner, weights=w, minlength=len(log_w))
 
 
 def mean_pairwise_distance(x: np.ndarray) -> float:
@@ -535,23 +556,198 @@ def kim_section(sweep: Sweep, cfg: StudyConfig, out_dir: pathlib.Path):
     return lines, {"cells": cells, "rows": rows}
 
 
-def digits_section(out_dir: pathlib.Path, quick: bool):
-    """Study 3 runs once the digits models exist (``experiments.digits_models.load_or_train``)."""
+# ------------------------------------------------------------------------------------------- digits
+
+NOISE_SEARCH = ("plain", "bon", "zero_order")     # search over the initial noise of the ODE
+DIGITS_STRATEGIES = ("plain", "bon", "zero_order", "path_search", "smc", "svdd", "rbf", "tds")
+
+
+class DigitsConfig(NamedTuple):
+    """Study 3's sizes: the digits models (:mod:`itscale.models.digits` configs), the target class, the
+    tilt λ of the weighted methods (λ = 1: SMC / TDS target p(x | y = target), SVDD α = 1), NFE budgets
+    per query, queries, steps, the ODE solver, samples shown per cell, and the model cache folder
+    (``None``: :func:`experiments.digits_models.cache_dir`'s default; not part of the digest)."""
+
+    flow: Any = None
+    classifier: Any = None
+    target: int = 3
+    lam: float = 1.0
+    budgets: tuple = (100, 300, 1000)
+    num_queries: int = 64
+    num_steps: int = 20
+    solver: str = "euler"
+    shown: int = 4
+    seed: int = 0
+    strategies: tuple = DIGITS_STRATEGIES
+    cache: str | None = None
+
+    def models(self):
+        from itscale.models import digits
+        return (self.flow or digits.FlowConfig(), self.classifier or digits.ClassifierConfig())
+
+    def digest(self) -> str:
+        flow, classifier = self.models()
+        fields = {**self._asdict(), "flow": dataclasses.asdict(flow), "classifier": dataclasses.asdict(classifier)}
+        del fields["cache"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def digits_config(quick: bool) -> DigitsConfig:
+    """Quick: 8 queries, 10 steps, two budgets and four strategies on the full models; full: the default."""
+    if not quick:
+        return DigitsConfig()
+    return DigitsConfig(budgets=(60, 200), num_queries=8, num_steps=10, strategies=("plain", "bon", "smc", "rbf"))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DigitsSetup:
+    """The trained models, the reward log p(target | x), the feature distance to held-out digits of the
+    target class, the ODE and SDE samplers of the flow and the queries' noise."""
+
+    models: Any
+    reward: Any
+    distance: Any
+    bases: dict
+    queries: Any
+
+
+def make_digits_setup(cfg: DigitsConfig) -> DigitsSetup:
+    from experiments.digits_models import load_or_train
+    from itscale.verifiers import digits as digit_rewards
+
+    models = load_or_train(*cfg.models(), directory=cfg.cache)
+    references = models.data.test_x[models.data.test_y == cfg.target]
+    bases = {"ODE": its.refine.ode(models.flow, solver=cfg.solver, path=LINEAR),
+             "SDE": its.refine.sde(models.flow, LINEAR)}
+    queries = bases["ODE"].prior(jax.random.key(cfg.seed), jnp.zeros((cfg.num_queries, models.flow.dim)))
+    return DigitsSetup(models, digit_rewards.class_log_prob(models.classifier, cfg.target),
+                       digit_rewards.feature_distance(models.classifier, references), bases, queries)
+
+
+def digits_base(name: str) -> str:
+    return "ODE" if name in NOISE_SEARCH else "SDE"
+
+
+def _mean_se(values) -> tuple[float, float]:
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std() / np.sqrt(len(values)))
+
+
+def digits_figures(setup: DigitsSetup, target: int, outputs: np.ndarray) -> dict:
+    """Reward log p(target | x), hit rate (classifier arg-max = target), feature distance to the held-out
+    digits of the class and diversity (mean pairwise pixel distance) of one output per query."""
+    x = jnp.asarray(outputs)
+    logits = np.asarray(setup.models.classifier(x), np.float64)
+    reward = logits[:, target] - np.asarray(jax.scipy.special.logsumexp(logits, axis=-1))
+    hit = (np.argmax(logits, axis=-1) == target).astype(np.float64)
+    (r, r_se), (h, h_se), (d, d_se) = _mean_se(reward), _mean_se(hit), _mean_se(setup.distance(x))
+    return {"reward": r, "reward_se": r_se, "hit_rate": h, "hit_rate_se": h_se, "feature_distance": d,
+            "feature_distance_se": d_se, "diversity": mean_pairwise_distance(outputs)}
+
+
+def compute_digits_cell(setup: DigitsSetup, cfg: DigitsConfig, name: str, budget: int) -> dict:
+    """One cell: the strategy at ``budget`` NFE per query on the flow's ODE (noise search) or SDE."""
+    b = Build(setup.bases[digits_base(name)], setup.models.flow, LINEAR, setup.reward, budget, cfg.num_steps,
+              cfg.lam, 0)
+    m = run_strategy(name, b, setup.queries, jax.random.key(cfg.seed + 1))
+    return {"strategy": name, "base": digits_base(name), "budget": budget, "nfe_per_query": m.nfe_per_query,
+            "verifier_per_query": m.verifier_per_query, "width": m.width,
+            **digits_figures(setup, cfg.target, m.outputs), "samples": m.outputs[:cfg.shown]}
+
+
+def digits_reference(setup: DigitsSetup, cfg: DigitsConfig) -> dict:
+    """The held-out digits of the target class as if they were outputs (their feature distance is 0 by
+    construction; their reward, hit rate and diversity are the real data's)."""
+    data = setup.models.data
+    refs = data.test_x[data.test_y == cfg.target]
+    return {"count": int(refs.shape[0]), **digits_figures(setup, cfg.target, refs),
+            "flow_source": setup.models.flow_record.source, "flow_train_seconds": setup.models.flow_record.seconds,
+            "classifier_accuracy": setup.models.classifier_record.metrics.get("heldout_accuracy")}
+
+
+def _digits_table(cells: list[dict]) -> str:
+    rows = [{"strategy": STRATEGIES[c["strategy"]].label, "base": c["base"], "NFE/query": c["nfe_per_query"],
+             "width": c["width"], "reward log p": f"{c['reward']:.3f} ± {c['reward_se']:.3f}",
+             "hit rate": f"{c['hit_rate']:.3f} ± {c['hit_rate_se']:.3f}",
+             "feature dist": f"{c['feature_distance']:.3f} ± {c['feature_distance_se']:.3f}",
+             "diversity": c["diversity"]}
+            for c in sorted(cells, key=lambda c: (c["budget"], DIGITS_STRATEGIES.index(c["strategy"])
+                                                  if c["strategy"] in DIGITS_STRATEGIES else 99))]
+    return markdown_table(rows)
+
+
+def digits_section(sweep: Sweep, cfg: DigitsConfig, out_dir: pathlib.Path):
+    """Study 3: steer the unconditional digits flow towards ``cfg.target`` with each strategy."""
     try:
         importlib.import_module("experiments.digits_models")
     except ImportError:
         return ["Skipped: `experiments.digits_models` is not available yet."], {}
-    return ["Skipped: the digits study is not wired to `experiments.digits_models` yet."], {}
+    setup_of = functools.cache(lambda: make_digits_setup(cfg))
+    cells, skips = [], []
+    for name in cfg.strategies:
+        if load(name) is None:
+            skips.append(Skip(name, digits_base(name), 0, f"module {STRATEGIES[name].module} not available yet"))
+            continue
+        for budget in (cfg.budgets[:1] if STRATEGIES[name].fixed_budget else cfg.budgets):
+            try:
+                cells.append(sweep.get_or_compute(f"digits|{name}|B={budget}", lambda n=name, b=budget:
+                                                  compute_digits_cell(setup_of(), cfg, n, b)))
+            except (ValueError, TypeError) as error:
+                skips.append(Skip(name, digits_base(name), budget,
+                                  f"{type(error).__name__}: {str(error).splitlines()[0]}"))
+    ref = sweep.get_or_compute("digits|reference", lambda: digits_reference(setup_of(), cfg))
+    grid = _plot_digits(cells, cfg, out_dir) if cells else None
+    lines = [f"Target class {cfg.target}; reward r(x) = log p(y = {cfg.target} | x) of the classifier "
+             f"(held-out accuracy {_fmt(ref['classifier_accuracy'])}); the flow is unconditional (linear path, "
+             f"{cfg.num_steps} steps). Best-of-N and zero-order search run on the {cfg.solver} ODE (search over "
+             f"initial noise), the others on the reverse SDE (g = 3t²); SMC / TDS target p(x) r-tilted with "
+             f"λ = {cfg.lam:g} (p(x | y = {cfg.target})), SVDD selects with α = 1/λ. {cfg.num_queries} queries; "
+             "one output per query (a weighted method draws it from its weights). hit rate: classifier arg-max "
+             f"= {cfg.target}; feature dist: min distance in the classifier's penultimate features to the "
+             f"{ref['count']} held-out digits of the class (lower: closer to real digits); diversity: mean "
+             "pairwise pixel distance of the queries' outputs. Held-out digits of the class themselves: "
+             f"log p = {ref['reward']:.3f}, hit rate {ref['hit_rate']:.3f}, diversity {ref['diversity']:.3f}.",
+             "", _digits_table(cells), *_skip_lines(skips)]
+    if grid:
+        lines += [f"Samples (first {cfg.shown} queries; rows: strategies, columns: NFE budget per query):", "",
+                  f"![digits samples]({grid})", ""]
+    return lines, {"cells": cells, "reference": ref, "grid": grid}
 
 
-def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None) -> StudyResult:
-    """All sections (see the module docstring); resumes from the sweep file of ``cfg``."""
+def _plot_digits(cells: list[dict], cfg: DigitsConfig, out_dir: pathlib.Path) -> str:
+    """The grid picture: one row per strategy, one column per budget, ``cfg.shown`` 8×8 samples per cell."""
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(c["strategy"] for c in cells))
+    fig, axes = plt.subplots(len(names), len(cfg.budgets), figsize=(2.2 * len(cfg.budgets), 0.75 * len(names) + 0.6),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for c in cells:
+        row, col = names.index(c["strategy"]), cfg.budgets.index(c["budget"])
+        images = np.clip((np.asarray(c["samples"], np.float64) + 1.0) * 8.0, 0.0, 16.0).reshape(-1, 8, 8)
+        gap = np.full((8, 1), np.nan)
+        strip = np.concatenate([part for image in images for part in (image, gap)][:-1], axis=1)
+        ax = axes[row, col]
+        ax.imshow(strip, cmap="gray_r", vmin=0, vmax=16, interpolation="nearest")
+        ax.set_title(f"{c['nfe_per_query']:.0f} NFE, hit {c['hit_rate']:.2f}", fontsize=7)
+    for row, name in enumerate(names):
+        axes[row, 0].text(-1.5, 3.5, STRATEGIES[name].label, ha="right", va="center", fontsize=7)
+    fig.suptitle(f"digits flow steered to class {cfg.target}", fontsize=9)
+    return save_figure(fig, out_dir / f"{NAME}_digits_grid.png")
+
+
+def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
+          digits_cfg: DigitsConfig | None = None) -> StudyResult:
+    """All sections (see the module docstring); resumes from the sweep files of ``cfg`` and ``digits_cfg``."""
     cfg = config(quick) if cfg is None else cfg
+    digits_cfg = digits_config(quick) if digits_cfg is None else digits_cfg
     out_dir = pathlib.Path(out_dir)
     sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json")
     exact_lines, exact_figures, plots = exact_section(sweep, cfg, out_dir)
     kim_lines, kim_figures = kim_section(sweep, cfg, out_dir)
-    digit_lines, digit_figures = digits_section(out_dir, quick)
+    digit_lines, digit_figures = digits_section(Sweep(out_dir / f"{NAME}_digits_{digits_cfg.digest()}.json"),
+                                                digits_cfg, out_dir)
     markdown = "\n".join(["### 1. Exact targets: tilted Gaussian mixtures", "",
                           "E[r]: mean reward of the returned measure; log Z bias / rmse: log Ẑ − log Z over "
                           "queries (methods that estimate it); mean err: ‖mean − exact‖; cov err: relative "

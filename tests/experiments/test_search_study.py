@@ -1,5 +1,6 @@
 """The width study on tiny sizes: exact targets and metrics against closed forms, NFE per cell against
-the plan, skipped strategies, resuming from the sweep file, atomic writes and the table verdicts."""
+the plan, skipped strategies, the digits section on tiny models (trained in a temporary cache), resuming
+from the sweep files, atomic writes and the table verdicts."""
 
 import json
 import os
@@ -12,9 +13,14 @@ import pytest
 
 from experiments import common, search
 from experiments.common import StudyResult
+from itscale.models import digits
 
 TINY = search.StudyConfig(tasks=(search.Task(2, 4.0, 0.9),), budgets=(50,), table_budget=50, num_queries=8,
                           num_steps=5, exact_samples=64, strategies=("plain", "bon", "smc", "no_such_yet"))
+TINY_DIGITS = search.DigitsConfig(
+    flow=digits.FlowConfig(width=32, depth=1, time_features=4, num_steps=30, batch_size=64),
+    classifier=digits.ClassifierConfig(width=32, depth=1, num_steps=30, batch_size=64),
+    budgets=(12,), num_queries=4, num_steps=3, shown=2, strategies=("plain", "bon"))
 
 
 def _fail(*args, **kwargs):
@@ -34,9 +40,14 @@ def missing_strategy():
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory, missing_strategy):
+def tiny_digits(tmp_path_factory):
+    return TINY_DIGITS._replace(cache=str(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, missing_strategy, tiny_digits):
     out = tmp_path_factory.mktemp("search")
-    return out, search.study(out, quick=True, cfg=TINY)
+    return out, search.study(out, quick=True, cfg=TINY, digits_cfg=tiny_digits)
 
 
 def test_target_hits_the_requested_minor_mass_and_exact_reward():
@@ -102,18 +113,46 @@ def test_structure_and_nfe_per_cell(first_run):
     assert not any("no_such_yet" in k for k in stored)
 
 
-def test_rerun_resumes_from_sweep(first_run, monkeypatch):
+def test_digits_section(first_run, tiny_digits):
     out, result = first_run
-    for name in ("compute_cell", "make_setup", "run_strategy"):
+    figures, k = result.figures["digits"], tiny_digits.num_steps
+    cells = {c["strategy"]: c for c in figures["cells"]}
+    assert set(cells) == {"plain", "bon"}
+    width = tiny_digits.budgets[0] // k
+    assert cells["plain"]["nfe_per_query"] == k and cells["plain"]["base"] == "ODE"
+    assert cells["bon"]["nfe_per_query"] == width * k and cells["bon"]["width"] == width
+    assert [search.digits_base(n) for n in ("bon", "zero_order", "smc", "rbf")] == ["ODE", "ODE", "SDE", "SDE"]
+    # best-of-N's candidate 0 is plain sampling's own ODE sample: its reward can only be higher
+    assert cells["bon"]["reward"] >= cells["plain"]["reward"] - 1e-6
+    for c in cells.values():
+        assert 0.0 <= c["hit_rate"] <= 1.0 and c["reward"] <= 0.0 and c["feature_distance"] >= 0.0
+        assert np.asarray(c["samples"]).shape == (tiny_digits.shown, 64)
+    # the held-out digits of the class are their own references: feature distance 0, and their hit
+    # rate is the classifier's accuracy on them
+    ref = figures["reference"]
+    models = search.make_digits_setup(tiny_digits).models
+    x = models.data.test_x[models.data.test_y == tiny_digits.target]
+    assert ref["feature_distance"] == pytest.approx(0.0, abs=1e-3) and ref["count"] == x.shape[0]
+    hits = np.argmax(np.asarray(models.classifier(x)), axis=-1) == tiny_digits.target
+    assert ref["hit_rate"] == pytest.approx(hits.mean())
+    assert list(pathlib.Path(tiny_digits.cache, "digits").glob("*.msgpack"))        # trained into the tmp cache
+    assert (out / figures["grid"]).is_file() and f"]({figures['grid']})" in result.markdown
+    assert "| best-of-N | ODE |" in result.markdown
+
+
+def test_rerun_resumes_from_sweep(first_run, monkeypatch, tiny_digits):
+    out, result = first_run
+    for name in ("compute_cell", "make_setup", "run_strategy", "compute_digits_cell", "make_digits_setup"):
         monkeypatch.setattr(search, name, _fail)
-    again = search.study(out, quick=True, cfg=TINY)
+    again = search.study(out, quick=True, cfg=TINY, digits_cfg=tiny_digits)
     assert again.markdown == result.markdown
     assert again.figures == json.loads(json.dumps(result.figures))
 
 
-def test_main_writes_atomically(first_run, monkeypatch, tmp_path):
+def test_main_writes_atomically(first_run, monkeypatch, tmp_path, tiny_digits):
     out, _ = first_run
     monkeypatch.setattr(search, "config", lambda quick: TINY)
+    monkeypatch.setattr(search, "digits_config", lambda quick: tiny_digits)
     search.main(["--quick", "--out", str(out)])
     assert (out / "search.md").read_text().startswith("# Width axis")
     assert "exact" in json.loads((out / "search.json").read_text())
