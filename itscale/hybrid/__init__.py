@@ -14,6 +14,10 @@ sampler does.
 * :func:`markov_denoiser`: the perfect denoiser of a Markov chain (forward–backward): exact ground truth.
 * :func:`categorical`, :func:`gumbel_noise`: Gumbel-max draws from 64 random bits, unbiased in float32.
 * masking schedules α(t): :func:`mask_schedule` (``"log-linear"``, ``"cosine"``).
+* loops nested both ways (:mod:`itscale.hybrid.nest`): :func:`sequence_outer` (each block produced by an
+  inner refinement sampler: blockwise diffusion, MAR), :func:`refinement_outer` (each sweep a sequence
+  pass: Jacobi, MaskGIT), :func:`sequence_pass`; ``docs/hybrid.md`` maps the seed's model classes to
+  compositions.
 """
 
 from itscale.hybrid.exact_conditionals import markov_denoiser
@@ -23,8 +27,10 @@ from itscale.hybrid.mask_schedules import COSINE, LOG_LINEAR, MaskSchedule, mask
 from itscale.hybrid.masked import MaskedGeneration, MaskedState
 from itscale.hybrid.masked_diffusion import mdlm, remdm
 from itscale.hybrid.maskgit import maskgit
+from itscale.hybrid.nest import Refined, refinement_outer, sequence_outer, sequence_pass
 
 __all__ = [
-    "COSINE", "LOG_LINEAR", "MaskSchedule", "MaskedGeneration", "MaskedState", "categorical", "first_hitting",
-    "gumbel_noise", "markov_denoiser", "mask_schedule", "maskgit", "mdlm", "remdm",
+    "COSINE", "LOG_LINEAR", "MaskSchedule", "MaskedGeneration", "MaskedState", "Refined", "categorical",
+    "first_hitting", "gumbel_noise", "markov_denoiser", "mask_schedule", "maskgit", "mdlm", "refinement_outer",
+    "remdm", "sequence_outer", "sequence_pass",
 ]

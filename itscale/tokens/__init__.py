@@ -1,5 +1,5 @@
 """itscale.tokens: the sequence axis -- autoregressive rollouts with a KV cache, decoding controls,
-parallel decoding (Jacobi, speculative sampling) and step-structured generation for process verifiers.
+parallel decoding (Jacobi, speculative sampling, blockwise parallel decoding) and step-structured generation for process verifiers.
 
 All samplers take ``logits_fn(tokens, cache) -> (logits, cache)`` (``itscale.tokens.model``), run with
 ``its.run(sampler, key, prompts or (prompts, lengths), num_steps=...)`` and return a
@@ -8,6 +8,7 @@ All samplers take ``logits_fn(tokens, cache) -> (logits, cache)`` (``itscale.tok
 """
 
 from itscale.tokens import steps
+from itscale.tokens.blockwise import BlockwiseGeneration, blockwise
 from itscale.tokens.jacobi import JacobiGeneration, jacobi
 from itscale.tokens.model import TokenModel, rewind_lengths, token_model
 from itscale.tokens.rollout import RolloutState, rollout
@@ -17,8 +18,8 @@ from itscale.tokens.speculative import SpeculativeGeneration, speculative
 from itscale.tokens.steps import step_ends, step_index, step_rollout
 
 __all__ = [
-    "Decoding", "Generation", "JacobiGeneration", "RolloutState", "Sequences", "SpeculativeGeneration",
-    "TokenModel", "jacobi", "rewind_lengths", "rollout", "speculative", "step_ends", "step_index",
+    "BlockwiseGeneration", "Decoding", "Generation", "JacobiGeneration", "RolloutState", "Sequences", "SpeculativeGeneration",
+    "TokenModel", "blockwise", "jacobi", "rewind_lengths", "rollout", "speculative", "step_ends", "step_index",
     "step_rollout", "steps", "token_model", "truncated_log_probs",
 ]
 
