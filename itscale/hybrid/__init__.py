@@ -14,6 +14,9 @@ sampler does.
 * :func:`markov_denoiser`: the perfect denoiser of a Markov chain (forward–backward): exact ground truth.
 * :func:`categorical`, :func:`gumbel_noise`: Gumbel-max draws from 64 random bits, unbiased in float32.
 * masking schedules α(t): :func:`mask_schedule` (``"log-linear"``, ``"cosine"``).
+* continuous sequences with per-token noise levels (:mod:`itscale.hybrid.sequence_diffusion`):
+  :func:`diffusion_forcing` (pyramid schedule), :func:`rolling_diffusion`, :func:`ar_diffusion`; exact
+  ground truth in :class:`itscale.models.LinearGaussianSSM`.
 * loops nested both ways (:mod:`itscale.hybrid.nest`): :func:`sequence_outer` (each block produced by an
   inner refinement sampler: blockwise diffusion, MAR), :func:`refinement_outer` (each sweep a sequence
   pass: Jacobi, MaskGIT), :func:`sequence_pass`; ``docs/hybrid.md`` maps the seed's model classes to
@@ -28,9 +31,12 @@ from itscale.hybrid.masked import MaskedGeneration, MaskedState
 from itscale.hybrid.masked_diffusion import mdlm, remdm
 from itscale.hybrid.maskgit import maskgit
 from itscale.hybrid.nest import Refined, refinement_outer, sequence_outer, sequence_pass
+from itscale.hybrid.sequence_diffusion import (SequenceState, ar_diffusion, ar_diffusion_times, diffusion_forcing,
+                                             pyramid_levels, pyramid_steps, rolling_diffusion)
 
 __all__ = [
-    "COSINE", "LOG_LINEAR", "MaskSchedule", "MaskedGeneration", "MaskedState", "Refined", "categorical",
-    "first_hitting", "gumbel_noise", "markov_denoiser", "mask_schedule", "maskgit", "mdlm", "refinement_outer",
-    "remdm", "sequence_outer", "sequence_pass",
+    "COSINE", "LOG_LINEAR", "MaskSchedule", "MaskedGeneration", "MaskedState", "Refined", "SequenceState",
+    "ar_diffusion", "ar_diffusion_times", "categorical", "diffusion_forcing", "first_hitting",
+    "gumbel_noise", "markov_denoiser", "mask_schedule", "maskgit", "mdlm", "pyramid_levels",
+    "pyramid_steps", "refinement_outer", "remdm", "rolling_diffusion", "sequence_outer", "sequence_pass"
 ]

@@ -145,7 +145,7 @@ def test_exact_denoiser_equals_the_smoother_with_per_token_observations():
 
 def test_per_row_times_equal_shared_times_row_by_row():
     rows = np.array([TIMES, TIMES[::-1], [0.5, 0.5, 0.5, 0.5]])
-    _, z = noisy(4, rows[:, :, None].squeeze(-1), n=3)
+    _, z = noisy(4, rows, n=3)
     mean, cov = SSM.posterior(PATH, z, jnp.asarray(rows))
     assert cov.shape == (3, M * D, M * D)
     for i in range(3):
