@@ -14,7 +14,7 @@ import types
 import itscale
 
 MODULES = ("itscale", "itscale.core", "itscale.paths", "itscale.models", "itscale.refine", "itscale.search",
-           "itscale.tokens", "itscale.verifiers", "itscale.scaling")
+           "itscale.tokens", "itscale.hybrid", "itscale.verifiers", "itscale.scaling")
 OUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
