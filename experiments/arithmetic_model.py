@@ -8,26 +8,21 @@ warm-up + cosine learning-rate schedule, on problems drawn inside the compiled l
 (:func:`itscale.models.training.train`), so a run is a pure function of the :class:`ModelConfig`
 (seed included): same config, same weights.
 
-The trained parameters are cached in ``out_dir`` as one ``.npz`` file named after a hash of the
-config, written atomically (temporary file + ``os.replace``); a rerun with the same config loads
+The trained parameters are cached in ``out_dir`` by :mod:`experiments.model_cache` (one file named
+after a hash of the config, verified on load, written atomically); a rerun with the same config loads
 it instead of training.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import pathlib
-import tempfile
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
+from experiments import model_cache
 from itscale.models.training import train
 from itscale.models.transformer import Transformer, next_token_loss
 from itscale.verifiers import arithmetic
@@ -66,9 +61,6 @@ class ModelConfig(NamedTuple):
         """Prompt plus the step-structured buffer (num_steps steps of up to STEP_LENGTH tokens)."""
         return self.prompt_len + max(self.completion_len, self.num_steps * arithmetic.STEP_LENGTH)
 
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self._asdict(), sort_keys=True).encode()).hexdigest()[:12]
-
 
 def build(config: ModelConfig) -> Transformer:
     """The untrained model of ``config`` (initialised from ``config.seed``)."""
@@ -98,36 +90,11 @@ def optimizer(config: ModelConfig) -> optax.GradientTransformation:
                        optax.adamw(schedule, weight_decay=config.weight_decay))
 
 
+KIND = "arithmetic_model"
+
+
 def checkpoint_path(out_dir: pathlib.Path, config: ModelConfig) -> pathlib.Path:
-    return pathlib.Path(out_dir) / f"arithmetic_model_{config.digest()}.npz"
-
-
-def save(model: Transformer, path: pathlib.Path, extra: dict) -> None:
-    """Every leaf of the model state (by tree path) and ``extra`` (JSON) in one .npz, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    leaves = jax.tree_util.tree_flatten_with_path(nnx.state(model))[0]
-    arrays = {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, __meta__=np.array(json.dumps(extra)), **arrays)
-        os.replace(tmp, path)
-    finally:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-
-
-def load(model: Transformer, path: pathlib.Path) -> dict:
-    """Write the arrays of ``path`` into ``model`` (same config); returns the stored ``extra``."""
-    with np.load(path) as stored:
-        state = nnx.state(model)
-        paths, treedef = jax.tree_util.tree_flatten_with_path(state)
-        keys = [jax.tree_util.keystr(p) for p, _ in paths]
-        missing = sorted(set(keys) - set(stored.files))
-        if missing:
-            raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:3]}")
-        leaves = [jnp.asarray(stored[k], dtype=v.dtype) for k, (_, v) in zip(keys, paths)]
-        nnx.update(model, jax.tree_util.tree_unflatten(treedef, leaves))
-        return json.loads(str(stored["__meta__"]))
+    return model_cache.cache_path(out_dir, KIND, config)
 
 
 class TrainedModel(NamedTuple):
@@ -138,15 +105,13 @@ class TrainedModel(NamedTuple):
 
 
 def train_or_load(out_dir: pathlib.Path, config: ModelConfig = ModelConfig()) -> TrainedModel:
-    """The trained model of ``config``: loaded from ``out_dir`` if cached, else trained and cached."""
-    path = checkpoint_path(out_dir, config)
-    model = build(config)
-    if path.exists():
-        meta = load(model, path)
-        return TrainedModel(model, config, meta["losses"], True)
-    model, losses = train(completion_loss, model, problems(config), optimizer(config), config.train_steps,
-                          key=jax.random.key(config.seed))
-    stride = max(1, len(losses) // 100)
-    losses = [float(x) for x in losses[::stride]]
-    save(model, path, {"config": config._asdict(), "losses": losses})
-    return TrainedModel(model, config, losses, False)
+    """The trained model of ``config``: loaded from ``out_dir`` if cached (and verified), else trained and
+    cached."""
+    def fit():
+        model, losses = train(completion_loss, build(config), problems(config), optimizer(config),
+                              config.train_steps, key=jax.random.key(config.seed))
+        stride = max(1, len(losses) // 100)
+        return model, {"config": config._asdict(), "losses": losses[::stride]}
+
+    cached = model_cache.load_or_train(KIND, config, build, fit, directory=out_dir, fields={"losses"})
+    return TrainedModel(cached.model, config, cached.record["losses"], cached.source == "cache")

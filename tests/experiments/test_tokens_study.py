@@ -90,7 +90,7 @@ def test_rerun_resumes_from_sweep(first_run, monkeypatch):
 
 def test_model_training_is_deterministic_and_cached(first_run, tmp_path, monkeypatch):
     out, _ = first_run                      # the study trained TINY_MODEL into out (one checkpoint file)
-    assert [p.name for p in out.glob("*.npz")] == [arithmetic_model.checkpoint_path(out, TINY_MODEL).name]
+    assert [p.name for p in out.glob("*.msgpack")] == [arithmetic_model.checkpoint_path(out, TINY_MODEL).name]
     again = arithmetic_model.train_or_load(tmp_path, TINY_MODEL)        # same config, fresh directory
     assert not again.loaded
     monkeypatch.setattr(arithmetic_model, "train", _fail)
