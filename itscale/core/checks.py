@@ -87,6 +87,19 @@ def same_structure(name: str, value: Any, reference: Any) -> None:
                              f"got {np.shape(a)}")
 
 
+def sampler(name: str, value: Any) -> None:
+    """``value`` must be an ``itscale.Sampler`` (``TypeError`` naming ``name`` otherwise)."""
+    from itscale.core.sampler import Sampler     # here: the sampler module's helpers use these checks
+    if not isinstance(value, Sampler):
+        raise TypeError(f"{name} must be an itscale.Sampler, got {type(value).__name__}")
+
+
+def function(name: str, value: Any, contract: str) -> None:
+    """``value`` must be callable (``TypeError`` naming ``name`` and its ``contract`` otherwise)."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable ({contract}), got {type(value).__name__}")
+
+
 def concrete(value: Any) -> np.ndarray | None:
     """``value`` as a host array when it is concrete and held by this process; None when it is traced
     (inside ``jit``/``vmap``) or spans devices of other processes (a multi-process run: checking it would

@@ -74,11 +74,8 @@ def best_of_n(sampler: Sampler, reward_fn: Callable, *, num_candidates: int | No
         ``num_steps`` (give exactly one of the two).
       nfe_per_step: NFE of one base step per row, if the sampler does not declare it.
     """
-    if not isinstance(sampler, Sampler):
-        raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
-    if not callable(reward_fn):
-        raise TypeError(f"reward_fn must be callable (batch -> scores of shape (batch,)), got "
-                        f"{type(reward_fn).__name__}")
+    checks.sampler("sampler", sampler)
+    checks.function("reward_fn", reward_fn, "batch -> scores of shape (batch,)")
     if (num_candidates is None) == (nfe_budget is None):
         raise ValueError("give exactly one of num_candidates (the width) and nfe_budget (NFE per query)")
     fixed = None if num_candidates is None else checks.positive_int("num_candidates", num_candidates)

@@ -62,11 +62,8 @@ _check_alpha = checks.param_ranges(alpha=(0.0, float("inf")))
 
 def check_sampler(sampler: Sampler, reward_fn: Callable) -> None:
     """``TypeError`` unless ``sampler`` is a Sampler and ``reward_fn`` a callable."""
-    if not isinstance(sampler, Sampler):
-        raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
-    if not callable(reward_fn):
-        raise TypeError(f"reward_fn must be callable (batch -> scores of shape (batch,)), got "
-                        f"{type(reward_fn).__name__}")
+    checks.sampler("sampler", sampler)
+    checks.function("reward_fn", reward_fn, "batch -> scores of shape (batch,)")
 
 
 def scorer(reward_fn: Callable) -> Callable[[Any], tuple[jax.Array, jax.Array]]:

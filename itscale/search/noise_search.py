@@ -184,11 +184,8 @@ def zero_order_search(sampler: Sampler, reward_fn: Callable, *, nfe_budget: int,
       nfe_per_step: NFE of one base step per row, if the sampler does not declare it.
     params: :class:`ZeroOrderParams` ``(base, lam)``.
     """
-    if not isinstance(sampler, Sampler):
-        raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
-    if not callable(reward_fn):
-        raise TypeError(f"reward_fn must be callable (batch -> scores of shape (batch,)), got "
-                        f"{type(reward_fn).__name__}")
+    checks.sampler("sampler", sampler)
+    checks.function("reward_fn", reward_fn, "batch -> scores of shape (batch,)")
     if sampler.prior is None:
         raise ValueError("zero_order_search perturbs initial noise: sampler must be a refinement sampler with "
                          "a prior (its.refine.ode / sde / ddpm); for a token sampler use best_of_n")

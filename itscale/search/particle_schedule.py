@@ -206,8 +206,7 @@ def scheduled_smc(sampler: Sampler, reward_fn: Callable, *, schedule=None, nfe_b
       decay, num_phases: the planning rule (ratio N_{k+1} / N_k in (0, 1], number of phases).
       nfe_per_step: NFE of one base step per row (default: ``sampler.nfe_per_step``).
     """
-    if not isinstance(sampler, Sampler):
-        raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
+    checks.sampler("sampler", sampler)
     schedule, split = _resolve(sampler, schedule, nfe_budget, num_steps, decay, num_phases, nfe_per_step)
     phases = [smc(sampler, reward_fn, num_particles=n, potential=potential, resample=resample,
                   ess_threshold=ess_threshold, lam=lam, preview=preview) for _, n in schedule]

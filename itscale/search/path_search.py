@@ -139,11 +139,8 @@ def path_search(sampler: Sampler, reward_fn: Callable, *, nfe_budget: int, round
       nfe_per_step: NFE of one base step per row, if the sampler does not declare it.
     params: the base sampler's.
     """
-    if not isinstance(sampler, Sampler):
-        raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
-    if not callable(reward_fn):
-        raise TypeError(f"reward_fn must be callable (batch -> scores of shape (batch,)), got "
-                        f"{type(reward_fn).__name__}")
+    checks.sampler("sampler", sampler)
+    checks.function("reward_fn", reward_fn, "batch -> scores of shape (batch,)")
     if sampler.prior is None:
         raise ValueError("path_search starts from initial noise: sampler must be a refinement sampler with a "
                          "prior (its.refine.ode / sde / ddpm)")

@@ -41,7 +41,7 @@ shape (Q, N, ...): every output field gains the leading query axis.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -52,6 +52,7 @@ from itscale.core.sampler import Sampler, init_state, validate, watch_within
 from itscale.search import potentials, resampling
 from itscale.search.in_place import resample_in_place
 from itscale.search.output import SearchOutput, search_output
+from itscale.search.preview import preview_scores
 from itscale.search.split import SearchSplit
 from itscale.core.weights import takes_models
 
@@ -140,24 +141,6 @@ def smc_output(particles, log_weights, final_log_potentials, *, split, num_resam
                          log_normalizer=resampling.log_mean_exp(log_weights), info=info)
 
 
-def _free_and_alike(finalize, look, state, info) -> bool:
-    """Static check: ``finalize(state)`` and ``look(state, info)`` make no counted (model / verifier)
-    calls and return pytrees of the same structure, shapes and dtypes."""
-    calls = []
-
-    def probe(state, info):
-        with counting.ledger() as led:
-            out = finalize(state), look(state, info)
-        calls.append(any(led.entries[kind] for kind in counting.KINDS))
-        return out
-
-    final, ahead = jax.eval_shape(probe, state, info)
-    leaves = zip(jax.tree.leaves(final), jax.tree.leaves(ahead))
-    same = jax.tree.structure(final) == jax.tree.structure(ahead) and all(
-        (a.shape, a.dtype) == (b.shape, b.dtype) for a, b in leaves)
-    return same and not calls[0]
-
-
 _check_own_params = checks.param_ranges(lam=(-float("inf"), float("inf")), ess_threshold=(0.0, 1.0))
 
 
@@ -189,11 +172,8 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
       preview: ``(state', info) -> batch`` scored at intermediate steps; default ``info["x0_hat"]``
         if the step's info has it, else ``sampler.finalize(state')``.
     """
-    if not isinstance(sampler, Sampler):
-        raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
-    if not callable(reward_fn):
-        raise TypeError(f"reward_fn must be callable (batch -> rewards of shape (N,)), got "
-                        f"{type(reward_fn).__name__}")
+    checks.sampler("sampler", sampler)
+    checks.function("reward_fn", reward_fn, "batch -> rewards of shape (N,)")
     if preview is not None and not callable(preview):
         raise TypeError(f"preview must be None or a callable (state, info) -> batch, got "
                         f"{type(preview).__name__}")
@@ -225,24 +205,12 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
                         jax.tree.map(_store, potentials.initial(potential, n, dtype)), zero,
                         jnp.zeros((), bool), zero, split)
 
-    def rewards(new_base, info, is_last):
-        """r(x0_hat of the pre-step state), or r(x_0) at the last step; one verifier call either way."""
-        if preview is None and not (isinstance(info, Mapping) and "x0_hat" in info):
-            return score(sampler.finalize(new_base))
-        look = preview if preview is not None else (lambda state, step_info: step_info["x0_hat"])
-        if _free_and_alike(sampler.finalize, look, new_base, info):
-            # Both candidates are free to compute: select the input, one fused reward call, no branch.
-            final, ahead = sampler.finalize(new_base), look(new_base, info)
-            return score(jax.tree.map(lambda f, a: jnp.where(is_last, f, a), final, ahead))
-        return counting.cond(is_last, lambda s, i: score(sampler.finalize(s)), lambda s, i: score(look(s, i)),
-                             new_base, info)
-
     def step(key, state, ctx, params):
         new_base, info = sampler.step(key, state.base, ctx, params.base)
         is_last = ctx.step == ctx.num_steps - 1
         log_weights = _log_weights(state)
         dtype = log_weights.dtype
-        r = rewards(new_base, info, is_last).astype(dtype)
+        r = preview_scores(sampler, score, preview, new_base, info, is_last).astype(dtype)
         invalid = jnp.isnan(r) | (r == jnp.inf)
         r = jnp.where(invalid, -jnp.inf, r)
         lam_ = jnp.asarray(params.lam, dtype)

@@ -49,7 +49,7 @@ run's (or the one the search is built for). Output: :class:`itscale.search.Searc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -62,7 +62,7 @@ from itscale.search.allocation import offspring_slots
 from itscale.search.best_of_n import repeat_queries
 from itscale.search.in_place import in_place_order, resample_in_place
 from itscale.search.output import search_output
-from itscale.search.smc import _free_and_alike
+from itscale.search.preview import preview_scores
 from itscale.search.split import SearchSplit, declared_nfe_per_step, plan_width
 
 SelectRule = Callable[[jax.Array, jax.Array, jax.Array, Any], jax.Array]
@@ -105,21 +105,6 @@ class TreeHooks(NamedTuple):
     done: Callable[[Any], jax.Array] | None = None
 
 
-def preview_scores(sampler: Sampler, score: Callable, preview: Callable | None, new_state, info,
-                   is_last) -> jax.Array:
-    """score(preview) after a step: ``score(finalize(state'))`` at the last step (``is_last`` traced);
-    before it ``score(preview(state', info))``, default ``info["x0_hat"]`` if the step reports one, else
-    ``finalize(state')``. One verifier call either way: a select of free inputs, else a counted cond."""
-    if preview is None and not (isinstance(info, Mapping) and "x0_hat" in info):
-        return score(sampler.finalize(new_state))
-    look = preview if preview is not None else (lambda state, step_info: step_info["x0_hat"])
-    if _free_and_alike(sampler.finalize, look, new_state, info):
-        final, ahead = sampler.finalize(new_state), look(new_state, info)
-        return score(jax.tree.map(lambda f, a: jnp.where(is_last, f, a), final, ahead))
-    return counting.cond(is_last, lambda s, i: score(sampler.finalize(s)), lambda s, i: score(look(s, i)),
-                         new_state, info)
-
-
 def _batch_size(x) -> int:
     leaves = jax.tree.leaves(x)
     if not leaves or any(jnp.ndim(leaf) == 0 for leaf in leaves):
@@ -150,11 +135,8 @@ def tree_search(sampler: Sampler, reward_fn: Callable, select: SelectRule, *, nf
       make_params: ``base_params -> params`` (a pytree with the base sampler's params at ``.base``).
       hooks: :class:`TreeHooks`, the sampler-specific parts.
     """
-    if not isinstance(sampler, Sampler):
-        raise TypeError(f"sampler must be an itscale.Sampler, got {type(sampler).__name__}")
-    if not callable(reward_fn):
-        raise TypeError(f"reward_fn must be callable (batch -> scores of shape (rows,)), got "
-                        f"{type(reward_fn).__name__}")
+    checks.sampler("sampler", sampler)
+    checks.function("reward_fn", reward_fn, "batch -> scores of shape (rows,)")
     if preview is not None and not callable(preview):
         raise TypeError(f"preview must be None or a callable (state, info) -> batch, got {type(preview).__name__}")
     nfe_budget = checks.positive_int("nfe_budget", nfe_budget)

@@ -97,9 +97,7 @@ def twisted_smc(model_fn: Callable, path: Path, reward_fn: Callable, *, num_part
     output: :class:`itscale.search.SearchOutput` (:func:`itscale.search.smc.smc_output`: scores are the
     final log twists λ·r(x_0)).
     """
-    if not callable(reward_fn):
-        raise TypeError(f"reward_fn must be callable (batch -> rewards of shape (N,)), got "
-                        f"{type(reward_fn).__name__}")
+    checks.function("reward_fn", reward_fn, "batch -> rewards of shape (N,)")
     if log_twist is not None and not callable(log_twist):
         raise TypeError(f"log_twist must be None or a callable (x, t, x0_hat, lam) -> (N,), got "
                         f"{type(log_twist).__name__}")

@@ -61,9 +61,7 @@ def particle_filter(logits_fn: Callable, process_reward_fn: Callable, *, nfe_bud
     ``ParticleFilterParams(base=decoding params, tau)``. Other arguments:
     :func:`itscale.tokens.search.token_smc`.
     """
-    if not callable(process_reward_fn):
-        raise TypeError(f"process_reward_fn must be callable (Generation -> scores in [0, 1]), got "
-                        f"{type(process_reward_fn).__name__}")
+    checks.function("process_reward_fn", process_reward_fn, "Generation -> scores in [0, 1]")
     checks.in_range("tau", tau, 0.0, float("inf"), inclusive=False)
 
     def reward(generation):

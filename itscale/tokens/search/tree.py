@@ -128,9 +128,7 @@ def tree_search(logits_fn: Callable, reward_fn: Callable, select: SelectRule, *,
       rollout_options: temperature, top_k, top_p, min_p, eos_id, pad_id, init_cache, rewind, max_len
         of :func:`itscale.tokens.step_rollout`.
     """
-    if not callable(reward_fn):
-        raise TypeError(f"reward_fn must be callable (Generation -> scores of shape (rows,)), got "
-                        f"{type(reward_fn).__name__}")
+    checks.function("reward_fn", reward_fn, "Generation -> scores of shape (rows,)")
     group_width = checks.positive_int("group_width", group_width)
     nfe_budget, num_steps, step_length = check_budget(nfe_budget, num_steps=num_steps,
                                                       step_length=step_length, group_width=group_width,
