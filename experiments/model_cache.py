@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -28,6 +27,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 from flax import nnx, serialization, traverse_util
+
+from experiments.common import write_bytes_atomic
 
 FORMAT_VERSION = 1
 ENV_VAR = "ITSCALE_CACHE"
@@ -75,21 +76,6 @@ def cache_path(directory: str | os.PathLike | None, kind: str, config: Any) -> p
 def record_json(record: dict) -> str:
     """The record as JSON text (numpy / JAX arrays and scalars as lists and numbers)."""
     return json.dumps(record, sort_keys=True, default=lambda x: np.asarray(x).tolist())
-
-
-def write_bytes_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, ``os.replace``."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        pathlib.Path(tmp).unlink(missing_ok=True)
 
 
 def save(path: pathlib.Path, model: nnx.Module, expected_hash: str, record: dict) -> None:
