@@ -19,6 +19,7 @@ STUDIES = [
     "experiments.tokens",
     "experiments.convergence",
     "experiments.search",
+    "experiments.sequences",
 ]
 
 

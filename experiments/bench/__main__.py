@@ -23,6 +23,7 @@ MODULES = [
     "experiments.bench.decode",
     "experiments.bench.token_search",
     "experiments.bench.width",
+    "experiments.bench.sequences",
 ]
 
 COLUMNS = ["bench", "case", "value", "unit", "target", "ok", "note"]
