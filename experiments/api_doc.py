@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import pathlib
+import re
 import types
 
 import itscale
@@ -82,7 +83,7 @@ def render() -> str:
             summary = _summary(obj) if callable(obj) or isinstance(obj, types.ModuleType) else _constant(obj)
             lines.append(f"- {_signature(name, obj)}: {summary}".rstrip(": "))
         lines.append("")
-    return "\n".join(lines)
+    return re.sub(r" at 0x[0-9a-f]+", "", "\n".join(lines))     # reprs of functions: no memory addresses
 
 
 def main() -> None:

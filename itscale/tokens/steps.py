@@ -91,7 +91,6 @@ class _StepLoop(NamedTuple):
     count: jax.Array          # () tokens iterations run in this step
     log_prob: jax.Array       # (batch,) sum of the step's sampling log-probs
     model_log_prob: jax.Array  # (batch,) sum of the step's model log-probs
-    padded: jax.Array         # () row evaluations of stopped groups: computed by the shared loop, not charged
 
 
 @takes_models
@@ -158,8 +157,7 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
                 ended = ended | (active & (info["token"] == separator_id))
             return _StepLoop(decode, ended, loop.count + 1,
                              loop.log_prob + jnp.where(active, info["log_prob"], 0),
-                             loop.model_log_prob + jnp.where(active, info["model_log_prob"], 0),
-                             loop.padded + size * (groups - running_groups(loop)))
+                             loop.model_log_prob + jnp.where(active, info["model_log_prob"], 0))
 
         def running_groups(loop):
             active = ~loop.ended & ~loop.decode.seq.done
@@ -167,11 +165,13 @@ def step_rollout(logits_fn: Callable, *, step_length: int, separator_id: int | N
 
         if groups > 1:  # NFE of the groups whose loop would still run: the model call is counted inside
             token = counting.counted(token, cost=lambda loop: size * running_groups(loop))
-        start = _StepLoop(state, jnp.zeros(zeros.shape, bool), jnp.zeros((), jnp.int32), zeros, zeros,
-                          jnp.zeros((), jnp.int32))
+        start = _StepLoop(state, jnp.zeros(zeros.shape, bool), jnp.zeros((), jnp.int32), zeros, zeros)
         loop = counting.while_loop(running, token, start)
-        info = {"log_prob": loop.log_prob, "model_log_prob": loop.model_log_prob,
-                "step_tokens": loop.decode.seq.generated - state.seq.generated, "padded_nfe": loop.padded}
+        step_tokens = loop.decode.seq.generated - state.seq.generated
+        # A group's loop runs as many iterations as its longest step; the shared loop ran loop.count.
+        charged = size * jnp.sum(jnp.max(step_tokens.reshape(groups, size), axis=1), dtype=jnp.int32)
+        info = {"log_prob": loop.log_prob, "model_log_prob": loop.model_log_prob, "step_tokens": step_tokens,
+                "padded_nfe": rows * loop.count - charged}
         return loop.decode, info
 
     def finalize(state):

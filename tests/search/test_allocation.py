@@ -35,7 +35,9 @@ def test_apportion_is_the_largest_remainder_rounding(log_weights, total):
     w = np.exp(np.asarray(log_weights) - np.max(log_weights))
     quota = total * w / w.sum()
     assert np.all(np.abs(counts - quota) < 1 + 1e-9)
-    if np.ptp(np.asarray(log_weights)[finite]) < 4.0:   # clear remainders: compare with the reference
+    remainders = np.sort((quota - np.floor(quota))[finite])
+    clear = np.all(np.diff(remainders) > 1e-6)        # no near-tie that float32 rounding may break
+    if np.ptp(np.asarray(log_weights)[finite]) < 4.0 and clear:   # compare with the reference
         np.testing.assert_array_equal(counts, _hamilton(log_weights, total))
 
 

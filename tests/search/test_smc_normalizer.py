@@ -13,6 +13,7 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 
 import itscale as its
 from itscale.search.twisted import twisted_smc
@@ -69,6 +70,7 @@ def test_fk_steering_and_tds_z_hat_are_unbiased_for_the_ddpm_chain():
         assert abs(mean - z) < 3.0 * np.hypot(se, z_se), (mean, z, se, z_se)
 
 
+@pytest.mark.slow   # tests/search/test_smc_exact.py checks FK steering's log Z and tilted mean over 20 x 256 particles
 def test_one_large_run_has_the_exact_log_z_and_tilted_mean():
     tilted, log_z = P.gmm.tilted(P.center, P.precision)
     n, key = 4096, jax.random.key(7)
