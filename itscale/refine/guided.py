@@ -61,7 +61,8 @@ def _per_row(values) -> jax.Array:
 def reward_twist(reward_fn: Callable) -> Callable:
     """The default twist ``(x, t, x0_hat, lam) -> lam * r(x0_hat)`` of shape (N,), λ·(−inf) = −inf for
     every λ; an invalid reward (NaN or +inf) gives NaN, whatever λ, so that it is counted."""
-    from itscale.search.potentials import tilt     # here, not at import: itscale.search imports this module
+    from itscale.search.output import is_invalid   # here, not at import: itscale.search imports this module
+    from itscale.search.potentials import tilt
     reward = counting.counted(reward_fn, kind="verifier")
 
     def log_twist(x, t, x0_hat, lam):
@@ -69,7 +70,7 @@ def reward_twist(reward_fn: Callable) -> Callable:
         if jnp.shape(r) != x0_hat.shape[:1]:
             raise ValueError(f"reward_fn must return rewards of shape (batch,) = ({x0_hat.shape[0]},), got "
                              f"shape {jnp.shape(r)}")
-        invalid = jnp.isnan(r) | (r == jnp.inf)
+        invalid = is_invalid(r)
         return jnp.where(invalid, jnp.nan, tilt(lam, jnp.where(invalid, -jnp.inf, r)))
 
     return log_twist

@@ -38,8 +38,8 @@ from itscale.core import checks, counting
 from itscale.core.sampler import Sampler, init_state, watch_within
 from itscale.core.weights import takes_models
 from itscale.search.best_of_n import repeat_queries
-from itscale.search.output import invalid_as_impossible, search_output, take_index
-from itscale.search.split import SearchSplit
+from itscale.search.output import invalid_as_impossible, is_invalid, search_output, take_index
+from itscale.search.split import SearchSplit, fixed_split
 from itscale.search.voting import NO_ANSWER, majority_vote, weighted_vote
 
 RULES = ("best_of_n", "majority_vote", "weighted_vote")
@@ -261,8 +261,7 @@ def allocated_search(sampler: Sampler, reward_fn: Callable, *, max_width: int,
 
     def init(key, x, params, ctx=None):
         num_steps = 1 if ctx is None else ctx.num_steps
-        bound = width_max * num_steps * per_step
-        split = SearchSplit(bound, bound, 0, width_max, width_max, 1, num_steps, per_step, 1)
+        split = fixed_split(width_max, num_steps=num_steps, nfe_per_step=per_step)
         base = init_state(sampler, key, repeat_queries(sampler, key, x.queries, width_max), params, ctx)
         width = jnp.clip(jnp.asarray(x.width, jnp.int32), 1, width_max)
         return AllocatedState(base, width, jnp.asarray(x.option, jnp.int32), split.as_arrays())
@@ -280,7 +279,7 @@ def allocated_search(sampler: Sampler, reward_fn: Callable, *, max_width: int,
                              f"({batch * width_max},), got shape {jnp.shape(scores)}")
         scores = scores.reshape(batch, width_max)
         active = jnp.arange(width_max) < state.width[:, None]
-        invalid = jnp.sum(active & (jnp.isnan(scores) | (scores == jnp.inf)), dtype=jnp.int32)
+        invalid = jnp.sum(active & is_invalid(scores), dtype=jnp.int32)
         answers = None if answer_fn is None else jnp.asarray(answer_fn(outputs)).reshape(batch, width_max)
         chosen = masked_select(scores, state.width, state.option, rules=rules, answers=answers)
         masked = jnp.where(active, invalid_as_impossible(scores), -jnp.inf)

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 from itscale.core import checks, counting
 from itscale.core.sampler import Sampler, init_state, watch_within
 from itscale.core.weights import takes_models
-from itscale.search.output import search_output
-from itscale.search.split import SearchSplit, declared_nfe_per_step, plan_width
+from itscale.search.output import search_output, verdicts
+from itscale.search.split import SearchSplit, declared_nfe_per_step, fixed_split, plan_width
 
 _NOISE_STREAM = 0x2015E  # fold-in constant: the candidates' fresh noise, distinct from the base init's key
 
@@ -86,9 +86,7 @@ def best_of_n(sampler: Sampler, reward_fn: Callable, *, num_candidates: int | No
 
     def plan(num_steps: int) -> SearchSplit:
         if fixed is not None:
-            per = sampler.nfe_per_step or 1
-            bound = fixed * num_steps * per
-            return SearchSplit(bound, bound, 0, fixed, fixed, 1, num_steps, per, 1)
+            return fixed_split(fixed, num_steps=num_steps, nfe_per_step=sampler.nfe_per_step or 1)
         return plan_width(nfe_budget, num_steps=num_steps, nfe_per_step=per_step)
 
     def init(key, x, params, ctx=None):
@@ -106,11 +104,7 @@ def best_of_n(sampler: Sampler, reward_fn: Callable, *, num_candidates: int | No
     def finalize(state):
         outputs = sampler.finalize(state.base)
         rows, n = jnp.shape(jax.tree.leaves(outputs)[0])[0], state.slots.shape[0]
-        scores = reward(outputs)
-        if jnp.shape(scores) != (rows,):
-            raise ValueError(f"reward_fn must return scores of shape (batch * num_candidates,) = ({rows},), "
-                             f"got shape {jnp.shape(scores)}")
-        invalid = jnp.sum(jnp.isnan(scores) | (scores == jnp.inf), dtype=jnp.int32)
+        scores, invalid = verdicts(reward(outputs), rows)
         candidates = jax.tree.map(lambda a: a.reshape((rows // n, n) + a.shape[1:]), outputs)
         return search_output(candidates, scores.reshape(rows // n, n), split=state.split,
                              invalid_rewards=invalid)

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from itscale.core import checks, counting
 from itscale.core.sampler import Sampler, StepContext, init_state, validate, watched
 from itscale.search.best_of_n import repeat_queries
-from itscale.search.output import invalid_as_impossible, search_output, take_index
+from itscale.search.output import search_output, take_index, verdicts
 from itscale.search.split import SearchSplit, declared_nfe_per_step
 
 PREVIEW_STREAM = 0x9E71E  # fold-in constant: the discarded move of a preview step
@@ -72,14 +72,7 @@ def scorer(reward_fn: Callable) -> Callable[[Any], tuple[jax.Array, jax.Array]]:
     reward = counting.counted(reward_fn, kind="verifier")
 
     def score(batch):
-        rows = jnp.shape(jax.tree.leaves(batch)[0])[0]
-        r = reward(batch)
-        if jnp.shape(r) != (rows,):
-            raise ValueError(f"reward_fn must return scores of shape (rows,) = ({rows},), got shape "
-                             f"{jnp.shape(r)}")
-        r = jnp.asarray(r)
-        invalid = jnp.sum(jnp.isnan(r) | (r == jnp.inf), dtype=jnp.int32)
-        return invalid_as_impossible(r), invalid
+        return verdicts(reward(batch), jnp.shape(jax.tree.leaves(batch)[0])[0])
 
     return score
 

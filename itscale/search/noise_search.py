@@ -61,7 +61,7 @@ from itscale.core.sampler import Sampler, StepContext, init_state, start_context
 from itscale.core.weights import takes_models
 from itscale.refine.sde import check_noise
 from itscale.search.best_of_n import best_of_n, repeat_queries
-from itscale.search.output import search_output, take_index
+from itscale.search.output import search_output, take_index, verdicts
 from itscale.search.split import SearchSplit, declared_nfe_per_step, plan_width
 
 _ROUNDS_STREAM = 0x20F5  # fold-in constant: the later rounds' keys, apart from the last base step's
@@ -140,13 +140,8 @@ def run_steps(sampler: Sampler, key, state, params, start, length: int, num_step
 def scored(reward: Callable, outputs, rows: int) -> tuple[jax.Array, jax.Array]:
     """``(scores, invalid)``: ``reward(outputs)`` checked to be of shape (rows,), NaN / +inf read as −inf,
     and the number of such invalid verdicts (int32)."""
-    scores = reward(outputs)
-    if jnp.shape(scores) != (rows,):
-        raise ValueError(f"reward_fn must return scores of shape (rows,) = ({rows},), got shape "
-                         f"{jnp.shape(scores)}")
-    scores = jnp.asarray(scores, jnp.promote_types(jnp.result_type(scores), jnp.float32))
-    bad = jnp.isnan(scores) | (scores == jnp.inf)
-    return jnp.where(bad, -jnp.inf, scores), jnp.sum(bad, dtype=jnp.int32)
+    scores, invalid = verdicts(reward(outputs), rows)
+    return scores.astype(jnp.promote_types(scores.dtype, jnp.float32)), invalid
 
 
 def per_query(tree, n: int):

@@ -47,9 +47,24 @@ class SearchOutput(NamedTuple):
         return self.candidates
 
 
+def is_invalid(scores: jax.Array) -> jax.Array:
+    """Where a verdict is invalid: NaN or +inf."""
+    return jnp.isnan(scores) | (scores == jnp.inf)
+
+
 def invalid_as_impossible(scores: jax.Array) -> jax.Array:
     """A NaN or +inf verdict is invalid: read it as −inf (the candidate is never chosen)."""
-    return jnp.where(jnp.isnan(scores) | (scores == jnp.inf), -jnp.inf, scores)
+    return jnp.where(is_invalid(scores), -jnp.inf, scores)
+
+
+def verdicts(scores: jax.Array, rows: int) -> tuple[jax.Array, jax.Array]:
+    """``(scores, invalid)``: a reward's ``scores`` checked to be of shape (rows,), invalid verdicts read
+    as −inf, and their number (int32)."""
+    if jnp.shape(scores) != (rows,):
+        raise ValueError(f"reward_fn must return scores of shape (rows,) = ({rows},), got shape "
+                         f"{jnp.shape(scores)}")
+    scores = jnp.asarray(scores)
+    return invalid_as_impossible(scores), jnp.sum(is_invalid(scores), dtype=jnp.int32)
 
 
 def take_index(tree, index: jax.Array, axis: int):

@@ -51,9 +51,9 @@ from itscale.core import checks, counting
 from itscale.core.sampler import Sampler, init_state, validate, watch_within
 from itscale.search import potentials, resampling
 from itscale.search.in_place import resample_in_place
-from itscale.search.output import SearchOutput, search_output
+from itscale.search.output import SearchOutput, is_invalid, search_output
 from itscale.search.preview import preview_scores
-from itscale.search.split import SearchSplit
+from itscale.search.split import SearchSplit, fixed_split
 from itscale.core.weights import takes_models
 
 _RESAMPLE_STREAM = 0x5EED  # fold-in constant: resampling key, distinct from the base step's key
@@ -121,9 +121,8 @@ def resample_step(key, tree, log_weights, ess_threshold, is_last, draw_ancestors
 def particle_split(num_particles: int, num_steps: int, nfe_per_step: int | None) -> SearchSplit:
     """The split of an SMC run: N particles over ``num_steps`` steps (the bound assumes 1 NFE per step
     when the base sampler does not declare its cost)."""
-    per = nfe_per_step or 1
-    bound = num_particles * num_steps * per
-    return SearchSplit(bound, bound, 0, num_particles, 1, num_particles, num_steps, per, 1)
+    return fixed_split(num_particles, num_steps=num_steps, nfe_per_step=nfe_per_step or 1,
+                       group_width=num_particles)
 
 
 def smc_output(particles, log_weights, final_log_potentials, *, split, num_resamples, ever_all_impossible,
@@ -211,7 +210,7 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
         log_weights = _log_weights(state)
         dtype = log_weights.dtype
         r = preview_scores(sampler, score, preview, new_base, info, is_last).astype(dtype)
-        invalid = jnp.isnan(r) | (r == jnp.inf)
+        invalid = is_invalid(r)
         r = jnp.where(invalid, -jnp.inf, r)
         lam_ = jnp.asarray(params.lam, dtype)
         # Alive particles hold finite potentials; the first step starts from the exact initial values.

@@ -78,6 +78,12 @@ def plan_width(nfe_budget: int, *, num_steps: int, nfe_per_step: int, rounds: in
                        num_steps, nfe_per_step, rounds)
 
 
+def fixed_split(width: int, *, num_steps: int, nfe_per_step: int, group_width: int = 1) -> SearchSplit:
+    """The split of a fixed width (no budget to plan from): its bound is also its budget."""
+    bound = width * num_steps * nfe_per_step
+    return SearchSplit(bound, bound, 0, width, width // group_width, group_width, num_steps, nfe_per_step, 1)
+
+
 def declared_nfe_per_step(sampler: Sampler, nfe_per_step: int | None = None) -> int:
     """The NFE per step and row a budget is planned with: ``nfe_per_step`` if given, else the
     sampler's declared ``Sampler.nfe_per_step``; ``ValueError`` if neither says."""

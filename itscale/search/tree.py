@@ -61,7 +61,7 @@ from itscale.core.weights import takes_models
 from itscale.search.allocation import offspring_slots
 from itscale.search.best_of_n import repeat_queries
 from itscale.search.in_place import in_place_order, resample_in_place
-from itscale.search.output import search_output
+from itscale.search.output import is_invalid, search_output
 from itscale.search.preview import preview_scores
 from itscale.search.split import SearchSplit, declared_nfe_per_step, plan_width
 
@@ -194,7 +194,7 @@ def tree_search(sampler: Sampler, reward_fn: Callable, select: SelectRule, *, nf
         expanded, info, live = expand(key, state.base, state.live, state.rank, ctx, params.base)
         live = live.reshape(-1)
         r = preview_scores(sampler, score, preview, expanded, info, ctx.step == ctx.num_steps - 1)
-        invalid = jnp.isnan(r) | (r == jnp.inf)
+        invalid = is_invalid(r)
         alive = live & ~invalid & (r > -jnp.inf)
         size = slots_per_group(width)
         groups = (batch, width // size, size)
