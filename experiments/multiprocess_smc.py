@@ -127,13 +127,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_environment() -> dict[str, str]:
+    """This process's environment for a CPU-only child that sets its own device count
+    (``jax_num_cpu_devices``): ``JAX_PLATFORMS=cpu``, and ``XLA_FLAGS`` without any
+    ``--xla_force_host_platform_device_count``, which would conflict with it (other flags pass on)."""
+    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+             if not flag.startswith("--xla_force_host_platform_device_count")]
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags)}
+
+
 def launch(args, forwarded: list[str]) -> int:
     """Start ``--num-processes`` processes of this script on this machine (CPU collectives over
     localhost), wait for them (``--timeout`` seconds in all) and return the first non-zero exit code.
     On a failure or timeout the remaining processes are stopped."""
     coordinator = f"localhost:{free_port()}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = cpu_environment()
     children = [subprocess.Popen([sys.executable, "-m", "experiments.multiprocess_smc", *forwarded,
                                   "--num-processes", str(args.num_processes), "--process-id", str(i),
                                   "--coordinator", coordinator], cwd=ROOT, env=env)

@@ -10,7 +10,6 @@ rounding (XLA compiles a 16-particle shard and the 64-particle batch into differ
 """
 
 import math
-import os
 import subprocess
 import sys
 
@@ -33,8 +32,7 @@ COUNTS = ("nfe", "verifier_calls", "num_resamples", "all_impossible", "ever_all_
 def _run_script(folder, **commands):
     """Run ``experiments.multiprocess_smc`` with each command's arguments side by side; the outputs of
     each (``<name>.npz``) as dicts."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = multiprocess_smc.cpu_environment()
     started = {}
     for name, args in commands.items():
         command = [sys.executable, "-m", "experiments.multiprocess_smc", "--num-particles",

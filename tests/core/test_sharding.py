@@ -5,7 +5,6 @@ The multi-device check runs in a subprocess, since the number of CPU devices mus
 initialises its backend.
 """
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import multiprocess_smc
 from itscale.core import sharding
 
 _EIGHT_DEVICES = textwrap.dedent("""
@@ -122,8 +122,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
 
 @pytest.mark.multidevice
 def test_smc_on_eight_devices_matches_one_device():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = multiprocess_smc.cpu_environment()
     done = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stderr[-4000:]
