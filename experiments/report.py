@@ -4,13 +4,19 @@ Each study in ``STUDIES`` is a module exposing ``study(out_dir, *, quick) -> Stu
 default tasks (analytic models, data shipped with packages, models trained here; no downloads).
 Writes ``results/report.md`` (one section per study, PNG plots beside it) and ``results/figures.json``
 (every figure), atomically. Sweeps inside studies resume where an interrupted run stopped.
+
+The report opens with the machine, the JAX version, the run time and the headline table: the rows
+``{claim, measured, holds}`` that studies return as ``figures["headline"]`` (the scaling study's seed
+claims), each with its verdict.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pathlib
+import platform
 import time
 
 from experiments.common import StudyResult, write_json_atomic, write_text_atomic
@@ -20,6 +26,7 @@ STUDIES = [
     "experiments.convergence",
     "experiments.search",
     "experiments.sequences",
+    "experiments.scaling",
 ]
 
 
@@ -37,13 +44,36 @@ def run_studies(out_dir: pathlib.Path, quick: bool, only: list[str] | None = Non
     return results
 
 
+def machine() -> str:
+    """One line naming the machine and the software that produced the report."""
+    import jax
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+            f"JAX {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s)), "
+            f"Python {platform.python_version()}")
+
+
+def headline(results: list[StudyResult]) -> str:
+    """The headline table: every study's ``figures["headline"]`` rows, each claim with its verdict."""
+    rows = [row for r in results for row in r.figures.get("headline", [])]
+    if not rows:
+        return ""
+    lines = ["| claim | measured | holds |", "|---|---|---|"]
+    lines += [f"| {row['claim']} | {row['measured']} | {'yes' if row['holds'] else '**no**'} |" for row in rows]
+    return "\n".join(lines)
+
+
 def render(results: list[StudyResult], quick: bool) -> str:
-    """The markdown report: a header, then each study's section and plots."""
+    """The markdown report: machine, run time and headline table, then each study's section and plots."""
+    seconds = sum(r.figures.get("seconds", 0.0) for r in results)
     lines = ["# itscale report", "",
-             f"Mode: {'quick' if quick else 'full'}. Every number below is computed by the run that wrote "
-             "this file; figures are also in `figures.json`.", ""]
+             f"Mode: {'quick' if quick else 'full'}. Machine: {machine()}. Run time: {seconds / 60:.1f} min "
+             "(studies resumed from their sweep files count only what this run computed). Every number "
+             "below is computed by the run that wrote this file; figures are also in `figures.json`.", ""]
     if not results:
         lines.append("No studies are registered yet.")
+    if table := headline(results):
+        lines += ["## Headline: the seeds' claims", "", table, ""]
     for r in results:
         lines += [f"## {r.title}", "", r.markdown.strip(), ""]
         lines += [f"![{p}]({p})" for p in r.plots] + [""]
