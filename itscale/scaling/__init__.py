@@ -8,14 +8,14 @@ from itscale.scaling.compute_matched import (inference_flops, matched_inference_
                                              pretraining_flops)
 from itscale.scaling.difficulty import (ScoreStats, agreement_difficulty, answer_agreement, quantile_edges,
                                         quantile_tiers, score_difficulty, score_stats, tiers_from_edges)
-from itscale.scaling.flops import flops_per_call, flops_per_evaluation
+from itscale.scaling.flops import flops_of, flops_per_call, flops_per_evaluation
 from itscale.scaling.power_law import PowerLaw, fit_power_law
 from itscale.scaling.telemetry import QueryCost, TierSummary, query_cost, tier_summary
 
 __all__ = [
     "RULES", "AllocatedQueries", "AllocationPlan", "PowerLaw", "QueryCost", "ScoreStats", "Selection",
     "TierSummary", "agreement_difficulty", "allocate", "allocated_search", "answer_agreement",
-    "fit_power_law", "flops_per_call", "flops_per_evaluation", "inference_flops", "masked_select",
+    "fit_power_law", "flops_of", "flops_per_call", "flops_per_evaluation", "inference_flops", "masked_select",
     "matched_inference_multiplier", "plan_allocation", "pretraining_flops", "quantile_edges", "quantile_tiers",
     "query_cost", "score_difficulty", "score_stats", "tier_summary", "tiers_from_edges", "uniform_allocation",
 ]

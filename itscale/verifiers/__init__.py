@@ -6,8 +6,8 @@ classifier's rewards (:mod:`~itscale.verifiers.digits`), and the arithmetic task
 
 from itscale.verifiers import arithmetic, arithmetic_task, digits, tilts
 from itscale.verifiers.arithmetic import noisy_verifier
-from itscale.verifiers.digits import class_log_prob, class_logit, feature_distance, features
+from itscale.verifiers.digits import class_log_prob, class_logit, feature_distance, features, max_class_log_prob
 from itscale.verifiers.tilts import Tilt, linear_tilt, quadratic_tilt
 
 __all__ = ["Tilt", "arithmetic", "arithmetic_task", "class_log_prob", "class_logit", "digits", "feature_distance",
-           "features", "linear_tilt", "noisy_verifier", "quadratic_tilt", "tilts"]
+           "features", "linear_tilt", "max_class_log_prob", "noisy_verifier", "quadratic_tilt", "tilts"]

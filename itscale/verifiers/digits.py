@@ -10,6 +10,8 @@
   every logit together raises f_c without end, while p(y = c | x) need not grow and the image stops
   looking like a digit. Search that maximises it drifts off the data manifold; measure the drift with the
   two functions below.
+* :func:`max_class_log_prob`: r(x) = max_c log p(y = c | x), how confidently the classifier reads x as
+  some digit: an unconditional reward (any class will do).
 * :func:`features`: φ(x), the classifier's penultimate layer (batch, width); :func:`feature_distance`:
   min_j ‖φ(x) − φ(x_j)‖ to reference digits x_j (e.g. held-out digits of class c), an evaluation metric
   (lower is closer to real digits; its negative is a reward).
@@ -76,6 +78,13 @@ class ClassLogit(_ClassReward):
         return self._pick(self.classifier(x))
 
 
+class MaxClassLogProb(_OnClassifier):
+    """x -> max_c log p(y = c | x) = max_c log_softmax(f(x))_c, (batch,)."""
+
+    def evaluate(self, x) -> jax.Array:
+        return jnp.max(jax.nn.log_softmax(self.classifier(x), axis=-1), axis=-1)
+
+
 class Features(_OnClassifier):
     """x -> φ(x), the classifier's penultimate features, (batch, width)."""
 
@@ -110,6 +119,11 @@ def class_log_prob(classifier: Classifier, target) -> ClassLogProb:
 def class_logit(classifier: Classifier, target) -> ClassLogit:
     """The hackable reward f_target(x), the unnormalised logit of ``classifier``."""
     return ClassLogit(classifier, target)
+
+
+def max_class_log_prob(classifier: Classifier) -> MaxClassLogProb:
+    """The unconditional reward max_c log p(y = c | x) of ``classifier``."""
+    return MaxClassLogProb(classifier)
 
 
 def features(classifier: Classifier) -> Features:

@@ -36,6 +36,8 @@ def test_class_log_prob_is_log_softmax_of_the_logits_row_by_row(setup, target):
                                rtol=1e-6)
     np.testing.assert_allclose(jax.scipy.special.logsumexp(
         jnp.stack([rewards.class_log_prob(classifier, c)(x) for c in range(10)]), axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(rewards.max_class_log_prob(classifier)(x), jnp.max(jnp.stack(
+        [rewards.class_log_prob(classifier, c)(x) for c in range(10)]), axis=0), rtol=1e-6)
 
 
 def test_calls_are_counted_as_verifier_calls(setup):
@@ -47,10 +49,11 @@ def test_calls_are_counted_as_verifier_calls(setup):
     def scored(reward, distance, x):
         with counting.ledger() as led:
             reward(x), distance(x[:3]), rewards.features(classifier)(x[:5])
+            rewards.max_class_log_prob(classifier)(x[:7])
         return led.totals()
 
     totals = scored(reward, distance, x)
-    assert int(totals["verifier"]) == 40 + 3 + 5 and int(totals["nfe"]) == 0
+    assert int(totals["verifier"]) == 40 + 3 + 5 + 7 and int(totals["nfe"]) == 0
 
 
 def test_target_and_weights_are_traced_not_constants(setup):
