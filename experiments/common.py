@@ -45,14 +45,14 @@ def write_text_atomic(path: pathlib.Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Plain JSON types from numpy/JAX scalars and arrays; non-finite floats become strings."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
@@ -60,7 +60,7 @@ def _jsonable(value: Any) -> Any:
 
 def write_json_atomic(path: pathlib.Path, value: Any) -> None:
     """Write ``value`` as indented JSON, atomically."""
-    write_text_atomic(path, json.dumps(_jsonable(value), indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(jsonable(value), indent=2, sort_keys=True) + "\n")
 
 
 def save_figure(fig, path: pathlib.Path) -> str:
@@ -90,7 +90,7 @@ class Sweep:
     def get_or_compute(self, key: str, fn: Callable[[], Any]) -> Any:
         """The stored value of ``key``, or ``fn()`` computed now and stored before returning."""
         if key not in self.points:
-            self.points[key] = _jsonable(fn())
+            self.points[key] = jsonable(fn())
             write_json_atomic(self.path, self.points)
         return self.points[key]
 

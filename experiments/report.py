@@ -19,7 +19,7 @@ import pathlib
 import platform
 import time
 
-from experiments.common import StudyResult, write_json_atomic, write_text_atomic
+from experiments.common import StudyResult, markdown_table, write_json_atomic, write_text_atomic
 
 STUDIES = [
     "experiments.tokens",
@@ -55,12 +55,9 @@ def machine() -> str:
 
 def headline(results: list[StudyResult]) -> str:
     """The headline table: every study's ``figures["headline"]`` rows, each claim with its verdict."""
-    rows = [row for r in results for row in r.figures.get("headline", [])]
-    if not rows:
-        return ""
-    lines = ["| claim | measured | holds |", "|---|---|---|"]
-    lines += [f"| {row['claim']} | {row['measured']} | {'yes' if row['holds'] else '**no**'} |" for row in rows]
-    return "\n".join(lines)
+    rows = [{**row, "holds": "yes" if row["holds"] else "**no**"}
+            for r in results for row in r.figures.get("headline", [])]
+    return markdown_table(rows, ["claim", "measured", "holds"]).strip() if rows else ""
 
 
 def render(results: list[StudyResult], quick: bool) -> str:

@@ -32,7 +32,6 @@ rerun recomputes nothing (the models are loaded only when an entry is missing).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import hashlib
 import json
@@ -47,15 +46,15 @@ import numpy as np
 from flax import nnx
 
 import itscale as its
-from experiments import scaling_models as sm
+from experiments import model_cache, scaling_models as sm
 from experiments.bench.timing import time_fn
-from experiments.common import (StudyResult, Sweep, markdown_table, save_figure, write_json_atomic,
+from experiments.common import (StudyResult, Sweep, jsonable, markdown_table, save_figure, write_json_atomic,
                                 write_text_atomic)
 from experiments.scaling_models import ScalingConfig
-from itscale.scaling import (agreement_difficulty, allocate, fit_power_law, flops_per_call,
+from itscale.scaling import (agreement_difficulty, allocate, fit_power_law, flops_of, flops_per_call,
                              matched_inference_multiplier, masked_select, plan_allocation, quantile_edges,
                              query_cost, tier_summary, tiers_from_edges, uniform_allocation)
-from itscale.verifiers import arithmetic
+from itscale.verifiers import arithmetic, digits as digit_rewards
 
 NAME = "scaling"
 LINEAR = its.paths.linear()
@@ -104,22 +103,13 @@ class StudyConfig(NamedTuple):
     depth_width_queries: int = 64
 
     def digest(self) -> str:
-        fields = {**self._asdict(), "classifier": self.classifier_config()}
+        fields = {**model_cache.plain(self), "classifier": model_cache.plain(self.classifier_config())}
         del fields["cache"]
-        text = json.dumps(fields, sort_keys=True, default=_plain)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def classifier_config(self):
         from itscale.models import digits
         return self.classifier or digits.ClassifierConfig()
-
-
-def _plain(value):
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    if hasattr(value, "_asdict"):
-        return value._asdict()
-    return str(value)
 
 
 def config(quick: bool = False, tiny: bool = False) -> StudyConfig:
@@ -186,24 +176,17 @@ def unrolled_flops(sampler: its.Sampler, x, num_steps: int, mode: str = "compile
     compiled program (:func:`itscale.scaling.flops_per_call`, after XLA's optimisations) or, with
     ``mode="lowered"``, of the lowered HLO before them (no compilation: seconds instead of minutes for an
     unrolled transformer rollout; a few percent lower, as fusion and layout passes add work)."""
-    args = (x, sampler.params, tuple(w for _, w in sampler.weights))
-    program = unrolled_program(sampler, num_steps)
-    if mode == "compiled":
-        return flops_per_call(program, *args)
-    if mode != "lowered":
+    if mode not in ("compiled", "lowered"):
         raise ValueError(f"mode must be 'compiled' or 'lowered', got {mode!r}")
-    analysis = jax.jit(program).lower(*args).cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return float(analysis["flops"])
+    args = (x, sampler.params, tuple(w for _, w in sampler.weights))
+    return flops_of(jax.jit(unrolled_program(sampler, num_steps)).lower(*args), compiled=mode == "compiled")
 
 
 def rolled_flops(sampler: its.Sampler, x, num_steps: int) -> float:
     """XLA's FLOP count of the compiled ``its.run`` program (its scan body is counted once)."""
     from itscale.core.run import lower
 
-    analysis = lower(sampler, jax.random.key(0), x, num_steps=num_steps).compile().cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return float(analysis["flops"])
+    return flops_of(lower(sampler, jax.random.key(0), x, num_steps=num_steps))
 
 
 def linear_fit(x, y) -> dict:
@@ -249,7 +232,7 @@ def cost_axis(models: Models, cfg: StudyConfig, axis: str) -> dict:
         counts, make = cfg.cost_tokens, lambda n: (sampler, n)
     elif axis == "particles":
         ode = its.refine.ode(flow, solver="euler", path=LINEAR)
-        reward = digit_likeness(models.classifier)
+        reward = digit_rewards.max_class_log_prob(models.classifier)
         x = _flow_queries(cfg, flow, max(1, cfg.cost_batch // 4), 2)
         counts = cfg.cost_particles
         make = lambda n: (its.search.best_of_n(ode, reward, num_candidates=n), cfg.cost_width_steps)  # noqa: E731
@@ -266,27 +249,6 @@ def cost_axis(models: Models, cfg: StudyConfig, axis: str) -> dict:
             point["flops_rolled"] = rolled_flops(sampler_n, x, steps)
         points.append(point)
     return {"axis": axis, "rows": int(jax.tree.leaves(x)[0].shape[0]), "points": points}
-
-
-class DigitLikeness(nnx.Module):
-    """r(x) = max_c log p(c | x) of a digits classifier: how confidently it reads x as some digit (an
-    unconditional reward), counted as a verifier call per row; shares the classifier's weights (traced)."""
-
-    def __init__(self, classifier):
-        self.classifier = classifier
-
-    def evaluate(self, x) -> jax.Array:
-        logits = self.classifier(x)
-        return jnp.max(logits, axis=-1) - jax.scipy.special.logsumexp(logits, axis=-1)
-
-    def __call__(self, x) -> jax.Array:
-        from itscale.core import counting
-
-        return counting.counted(self.evaluate, kind="verifier")(jnp.asarray(x))
-
-
-def digit_likeness(classifier) -> DigitLikeness:
-    return DigitLikeness(classifier)
 
 
 def cost_rows(axes: list[dict]) -> tuple[list[dict], dict]:
@@ -350,8 +312,6 @@ def solver_errors(cfg: StudyConfig) -> dict:
 
 def bon_scores(models: Models, cfg: StudyConfig) -> dict:
     """Best-of-N over the small flow's Euler ODE with r = log p(target | x): the best score per query, per N."""
-    from itscale.verifiers import digits as digit_rewards
-
     flow = models.scaling.flow_small.model
     ode = its.refine.ode(flow, solver="euler", path=LINEAR)
     reward = digit_rewards.class_log_prob(models.classifier, cfg.target)
@@ -366,8 +326,6 @@ def bon_scores(models: Models, cfg: StudyConfig) -> dict:
 def sample_pool(models: Models, cfg: StudyConfig) -> dict:
     """``pool_samples`` samples of the small LM per held-out problem (``per_digits`` per digit count): their
     answers, exact correctness and learned-verifier logits; the problems' truth and difficulty."""
-    from flax import nnx
-
     lm = models.scaling.lm_small
     problems = sm.heldout_problems(lm.config, cfg.per_digits)
     n = cfg.pool_samples
@@ -569,15 +527,15 @@ def matched_lm(pool: dict, large: dict, flops: dict, cfg: StudyConfig) -> dict:
             "large": np.asarray(large["correct"]), "digits": np.asarray(pool["digits"])}
 
 
+def _largest(curves: dict, rule: str, width: int) -> int:
+    """The largest measured width <= ``width`` of ``rule`` (0 if none)."""
+    return max((int(w) for w in curves[rule] if int(w) <= width), default=0)
+
+
 def _at(curves: dict, rule: str, width: int) -> np.ndarray | None:
     """Correctness of ``rule`` at the largest measured width <= ``width`` (None if below 1)."""
-    ok = [int(w) for w in curves[rule] if int(w) <= width]
-    return None if not ok else np.asarray(curves[rule][str(max(ok))], bool)
-
-
-def _largest(curves: dict, rule: str, width: int) -> int:
-    ok = [int(w) for w in curves[rule] if int(w) <= width]
-    return max(ok) if ok else 0
+    largest = _largest(curves, rule, width)
+    return None if largest == 0 else np.asarray(curves[rule][str(largest)], bool)
 
 
 def matched_rows(lm: dict) -> tuple[list[dict], dict]:
@@ -585,8 +543,8 @@ def matched_rows(lm: dict) -> tuple[list[dict], dict]:
     accuracy at the matched width) and the oracle, at inference-only matched FLOPs; the crossover."""
     curves, large, digits = lm["curves"], np.asarray(lm["large"], bool), np.asarray(lm["digits"])
     widths_inf = lm["matched"]["inference only"]["width"]
-    accuracy = {rule: float(_at(curves, rule, widths_inf[rule]).mean()) if _at(curves, rule, widths_inf[rule]) is not None
-                else float("nan") for rule in ("majority_vote", "best_of_n")}
+    chosen = {rule: _at(curves, rule, widths_inf[rule]) for rule in ("majority_vote", "best_of_n")}
+    accuracy = {rule: float("nan") if c is None else float(c.mean()) for rule, c in chosen.items()}
     best = max(accuracy, key=lambda r: accuracy[r] if np.isfinite(accuracy[r]) else -1)
     w_best = _largest(curves, best, widths_inf[best])
     rows, summary = [], {"best_rule": best, "best_width": w_best, "capped": w_best < widths_inf[best]}
@@ -623,7 +581,6 @@ def matched_digits(models: Models, cfg: StudyConfig) -> dict:
     """Small flow + best-of-N (r = max_c log p(c | x)) against the large flow without search, at the
     inference FLOPs of the large flow (XLA FLOPs per NFE and per verifier call); plain small flow too."""
     from experiments.search import DigitsSetup, digits_figures
-    from itscale.verifiers import digits as digit_rewards
 
     small, large = models.scaling.flow_small.model, models.scaling.flow_large.model
     x = jnp.zeros((8, small.dim), jnp.float32)
@@ -633,7 +590,7 @@ def matched_digits(models: Models, cfg: StudyConfig) -> dict:
     f_cls = flops_per_call(lambda x: models.classifier(x), x) / 8
     steps = cfg.flow_steps
     width = max(1, int(np.floor(f_large * steps / (f_small * steps + f_cls))))
-    reward = digit_likeness(models.classifier)
+    reward = digit_rewards.max_class_log_prob(models.classifier)
     setup = DigitsSetup(models, reward, digit_rewards.feature_distance(models.classifier, models.data.test_x),
                         {}, None)
     queries = _flow_queries(cfg, small, cfg.digits_queries, 4)
@@ -724,7 +681,7 @@ def adaptive(pool: dict, lm_info: dict, cfg: StudyConfig) -> dict:
                         acc[d, o, g] = correct[(o, w)][member].mean()
         return acc
 
-    def measure(plan, widths, mask):
+    def measure(plan, mask):
         width, option = (np.asarray(v) for v in allocate(plan, jnp.asarray(tiers[mask])))
         ok = np.array([correct[(int(o), int(w))][i] for o, w, i in zip(option, width, np.flatnonzero(mask))])
         spend = costs[option] * width
@@ -740,7 +697,7 @@ def adaptive(pool: dict, lm_info: dict, cfg: StudyConfig) -> dict:
         budget = int(costs.max() * w * q_test)
         plan = uniform_allocation(acc_uniform[:, :, : widths_all.index(w) + 1], widths_all[: widths_all.index(w) + 1],
                                   costs, sizes, budget)
-        a, s, *_ = measure(plan, widths_all, test)
+        a, s, *_ = measure(plan, test)
         bon = correct[(RULES.index("best_of_n"), w)][test].mean()
         uniform.append({"width": w, "option": RULES[int(plan.option[0])], "plan_width": int(plan.width[0]),
                         "accuracy": a, "kflops": s, "bon_accuracy": float(bon), "bon_kflops": float(unit["best_of_n"] * w)})
@@ -751,7 +708,7 @@ def adaptive(pool: dict, lm_info: dict, cfg: StudyConfig) -> dict:
             plan = plan_allocation(acc_adaptive, adaptive_widths, costs, sizes, int(per_query) * q_test)
         except ValueError:
             continue
-        a, s, width, option, ok = measure(plan, adaptive_widths, test)
+        a, s, width, option, ok = measure(plan, test)
         curve.append({"budget": int(per_query), "accuracy": a, "kflops": s, "plan_width": plan.width.tolist(),
                       "plan_option": [RULES[int(o)] for o in plan.option], "expected": plan.expected_accuracy})
     for u in uniform:
@@ -762,7 +719,7 @@ def adaptive(pool: dict, lm_info: dict, cfg: StudyConfig) -> dict:
         u["bon_kflops_to_match"] = min(bon_reach) if bon_reach else None
     return {"difficulty": difficulty, "tiers": tiers, "edges": np.asarray(edges), "test": test, "unit": unit,
             "uniform": uniform, "curve": curve, "acc_adaptive": acc_adaptive, "adaptive_widths": adaptive_widths,
-            "sizes": sizes, "correct_index": None}
+            "sizes": sizes}
 
 
 def adaptive_rows(a: dict) -> tuple[list[dict], float | None]:
@@ -816,7 +773,7 @@ def depth_width(models: Models, cfg: StudyConfig) -> list[dict]:
     NFE and the digit-likeness of the output (small digits flow)."""
     flow = models.scaling.flow_small.model
     ode = its.refine.ode(flow, solver="euler", path=LINEAR)
-    reward = digit_likeness(models.classifier)
+    reward = digit_rewards.max_class_log_prob(models.classifier)
     x = _flow_queries(cfg, flow, cfg.depth_width_queries, 5)
     key = jax.random.key(cfg.seed + 7)
     rows = []
@@ -936,9 +893,6 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
                      f"(>= 2x at {sum(1 for u in a['uniform'] if (u['saving'] or 0) >= 2)})",
          "holds": bool(adaptive_holds)},
     ]
-    for row in headline:
-        row["holds"] = bool(row["holds"])
-
     m = lm["matched"]
     small_cfg, large_cfg = cfg.models.lm_small, cfg.models.lm_large
     markdown = "\n".join([
@@ -1007,7 +961,7 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
         markdown_table(data["adaptive|depth_width"], DEPTH_WIDTH_COLUMNS),
     ])
     figures = {"headline": headline, "linear_cost": {"axes": axes, "fits": cost_fits, "table": cost_table},
-               "power_law": {"fits": {k: {kk: vv for kk, vv in v.items()} for k, v in fits.items()},
+               "power_law": {"fits": fits,
                              "table": law_table, "coverage": cov_rows,
                              "coverage_law": None if cov_law is None else cov_law._asdict()},
                "matched": {"lm": {k: v for k, v in lm.items() if k not in ("curves", "large", "digits")},
@@ -1016,14 +970,7 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
                "adaptive": {"table": alloc_table, "best_saving": best_saving, "curve": a["curve"],
                             "telemetry": tele, "depth_width": data["adaptive|depth_width"]}}
     return StudyResult("Scaling: cost, power laws, matched compute, adaptive allocation", markdown,
-                       _finite_json(figures), plots)
-
-
-def _finite_json(value):
-    """Figures as plain JSON types (numpy arrays to lists)."""
-    from experiments.common import _jsonable
-
-    return _jsonable(value)
+                       jsonable(figures), plots)
 
 
 def main(argv: list[str] | None = None) -> None:
