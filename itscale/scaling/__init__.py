@@ -3,7 +3,8 @@ allocated per query by difficulty (difficulty estimates, an exact planner, one c
 batch of mixed budgets, per-query telemetry)."""
 
 from itscale.scaling.allocator import (RULES, AllocatedQueries, AllocationPlan, Selection, allocate,
-                                       allocated_search, masked_select, plan_allocation, uniform_allocation)
+                                       allocated_search, masked_select, plan_allocation, uniform_allocation,
+                                       width_buckets)
 from itscale.scaling.compute_matched import (inference_flops, matched_inference_multiplier,
                                              pretraining_flops)
 from itscale.scaling.difficulty import (ScoreStats, agreement_difficulty, answer_agreement, quantile_edges,
@@ -18,4 +19,5 @@ __all__ = [
     "fit_power_law", "flops_of", "flops_per_call", "flops_per_evaluation", "inference_flops", "masked_select",
     "matched_inference_multiplier", "plan_allocation", "pretraining_flops", "quantile_edges", "quantile_tiers",
     "query_cost", "score_difficulty", "score_stats", "tier_summary", "tiers_from_edges", "uniform_allocation",
+    "width_buckets",
 ]

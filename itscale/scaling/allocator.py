@@ -16,13 +16,21 @@ within it (Snell et al.'s setting); :func:`uniform_allocation` is the baseline w
 width for all. NaN accuracies mark unmeasured grid points. Planning is host-side (NumPy, static ints).
 
 Execution: :func:`allocated_search` runs a batch of queries with *per-query* widths and options as ONE
-compiled program. Every query runs ``max_width`` candidates (as :func:`itscale.search.best_of_n`); a
-query's candidates j >= width_q are masked (score −inf, no answer), and its option selects among the
-rest by masks — argmax of the score (``"best_of_n"``), the majority answer (``"majority_vote"``) or
-the score-weighted answer (``"weighted_vote"``, scores read as nonnegative weights), the chosen
-candidate being the best-scored one with the winning answer — so no ``lax.switch`` and no recompiling
-for new widths. Honest NFE: ``stats.nfe`` is what ran (batch × max_width × steps × NFE per step);
-``info["nfe_allocated"]`` is each query's planned share (width_q × steps × NFE per step).
+compiled program, in static *budget buckets*: bucket b holds up to c_b queries at w_b candidates each,
+so the base sampler runs Σ_b c_b w_b rows. A query goes to the narrowest bucket with w_b >= width_q
+that has room (a full bucket overflows into the next wider one; a query no bucket can hold is dropped,
+``info["dropped"]``, and an error when the widths are concrete). Without buckets there is one, of
+width ``max_width`` and room for the whole batch (every query runs ``max_width`` candidates, as
+:func:`itscale.search.best_of_n`, bit for bit). :func:`width_buckets` turns a plan's per-query widths
+into exact buckets, so that the executed compute is the allocated one. Inside its slot a query's
+candidates j >= width_q are masked (score −inf, no answer), and its option selects among the rest by
+masks — argmax of the score (``"best_of_n"``), the majority answer (``"majority_vote"``) or the
+score-weighted answer (``"weighted_vote"``, scores read as nonnegative weights), the chosen candidate
+being the best-scored one with the winning answer — so no ``lax.switch`` and no recompiling for new
+widths. Honest NFE: ``stats.nfe`` is what ran (rows × steps × NFE per step, empty slots included);
+``info["nfe_allocated"]`` is each query's planned share (width_q × steps × NFE per step) and
+``info["nfe_executed"]`` its slot's (w_b × steps × NFE per step); evaluations the base sampler makes in
+``init`` (a prompt's prefill) are in ``stats.nfe`` only.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import numpy as np
 from itscale.core import checks, counting
 from itscale.core.sampler import Sampler, init_state, watch_within
 from itscale.core.weights import takes_models
-from itscale.search.best_of_n import repeat_queries
+from itscale.search.best_of_n import fresh_copies
 from itscale.search.output import invalid_as_impossible, is_invalid, search_output, take_index
 from itscale.search.split import SearchSplit, fixed_split
 from itscale.search.voting import NO_ANSWER, majority_vote, weighted_vote
@@ -156,6 +164,15 @@ def allocate(plan: AllocationPlan, tiers) -> tuple[jax.Array, jax.Array]:
     return (jnp.asarray(plan.width, jnp.int32)[tiers], jnp.asarray(plan.option, jnp.int32)[tiers])
 
 
+def width_buckets(width) -> tuple[tuple[int, int], ...]:
+    """The exact ``buckets`` of :func:`allocated_search` for concrete per-query widths: one
+    ``(w, count)`` per distinct width, so that every query runs exactly its own width."""
+    host = np.asarray(width)
+    if host.ndim != 1 or host.dtype.kind not in "iu" or host.size == 0 or np.any(host < 1):
+        raise ValueError(f"width must be a non-empty 1-d array of positive ints, got {host.tolist()}")
+    return tuple((int(w), int(c)) for w, c in zip(*np.unique(host, return_counts=True)))
+
+
 class AllocatedQueries(NamedTuple):
     """The ``x`` of :func:`allocated_search`: ``queries`` (batch, ...) as for best-of-N, each query's
     ``width`` (batch,) in [1, max_width] and ``option`` (batch,) an index into the sampler's rules."""
@@ -211,28 +228,90 @@ def masked_select(scores, width, option, *, rules: tuple[str, ...] = ("best_of_n
     return Selection(index, take_index(answers, index, scores.ndim - 1))
 
 
+class BucketLayout(NamedTuple):
+    """Where each query runs: ``row_query`` (rows,) the query of each base row and ``row_first`` whether
+    it is the first row of its slot (the query's own noise); ``candidate_row`` (batch, max_width) the row
+    of each of a query's candidates (0 past its slot); ``slot_width`` (batch,) its bucket's width (0 when
+    dropped)."""
+
+    row_query: jax.Array
+    row_first: jax.Array
+    candidate_row: jax.Array
+    slot_width: jax.Array
+
+
+def _checked_buckets(buckets, max_width: int) -> tuple[tuple[int, int], ...] | None:
+    if buckets is None:
+        return None
+    try:
+        pairs = tuple((checks.positive_int("buckets width", w), checks.positive_int("buckets capacity", c))
+                      for w, c in buckets)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"buckets must be (width, capacity) pairs of positive ints, got {buckets!r}") from error
+    widths = [w for w, _ in pairs]
+    if not pairs or widths != sorted(set(widths)) or widths[-1] > max_width:
+        raise ValueError(f"buckets must have strictly increasing widths <= max_width={max_width}, got {pairs}")
+    return pairs
+
+
+def _slots(bucket_of_query, first_slot):
+    """The slot of each query: in order of bucket (stable), the first free slot of its bucket or a later
+    one: pos_i = i + max_{j <= i}(first_j − j) over the sorted queries (past the last slot: dropped)."""
+    order = jnp.argsort(bucket_of_query, stable=True)
+    index = jnp.arange(order.shape[0], dtype=jnp.int32)
+    sorted_slot = index + jax.lax.cummax(first_slot[bucket_of_query[order]] - index)
+    return jnp.zeros_like(sorted_slot).at[order].set(sorted_slot)
+
+
+def _bucket_layout(buckets, width, max_width: int) -> BucketLayout:
+    batch = width.shape[0]
+    pairs = buckets or ((max_width, batch),)
+    bucket_width = np.array([w for w, _ in pairs], np.int32)
+    capacity = np.array([c for _, c in pairs], np.int64)
+    slot_width = np.repeat(bucket_width, capacity)                          # (slots,), static
+    slot_start = np.concatenate([[0], np.cumsum(slot_width)[:-1]]).astype(np.int32)
+    first_slot = jnp.asarray(np.concatenate([[0], np.cumsum(capacity)[:-1]]), jnp.int32)
+    row_slot = np.repeat(np.arange(slot_width.size), slot_width)           # (rows,), static
+    bucket_of_query = jnp.searchsorted(jnp.asarray(bucket_width), width, side="left").astype(jnp.int32)
+    slot = _slots(jnp.minimum(bucket_of_query, len(pairs) - 1), first_slot)
+    slot = jnp.where(bucket_of_query < len(pairs), slot, slot_width.size)   # wider than every bucket
+    kept = slot < slot_width.size
+    slot_query = jnp.zeros(slot_width.size, jnp.int32).at[jnp.where(kept, slot, slot_width.size)].set(
+        jnp.arange(batch, dtype=jnp.int32), mode="drop")
+    safe = jnp.where(kept, slot, 0)
+    own_width = jnp.where(kept, jnp.asarray(slot_width)[safe], 0)
+    column = jnp.arange(max_width)
+    candidate_row = jnp.where(column < own_width[:, None], jnp.asarray(slot_start)[safe][:, None] + column, 0)
+    row_first = jnp.asarray(np.arange(row_slot.size) == np.repeat(slot_start, slot_width))
+    return BucketLayout(slot_query[jnp.asarray(row_slot)], row_first, candidate_row.astype(jnp.int32), own_width)
+
+
 class AllocatedState(NamedTuple):
-    """base: the base sampler on batch·max_width rows; width, option: per query; split: at max_width."""
+    """base: the base sampler on the buckets' rows; width, option: per query; layout: where each query
+    runs; split: at max_width."""
 
     base: Any
     width: jax.Array
     option: jax.Array
+    layout: BucketLayout
     split: SearchSplit
 
 
 @takes_models
 def allocated_search(sampler: Sampler, reward_fn: Callable, *, max_width: int,
                      rules: tuple[str, ...] = ("best_of_n",), answer_fn: Callable | None = None,
-                     nfe_per_step: int | None = None) -> Sampler:
+                     nfe_per_step: int | None = None, buckets=None) -> Sampler:
     """Per-query widths and selection rules in one compiled program; run on :class:`AllocatedQueries`.
 
     Args:
       sampler: base :class:`itscale.Sampler` (as for :func:`itscale.search.best_of_n`).
       reward_fn: batch -> scores (batch,), higher is better (counted as verifier calls).
-      max_width: static largest width (every query runs this many candidates; see the module doc).
+      max_width: static largest width.
       rules: static tuple of selection rules from ``RULES``; ``option`` indexes it.
       answer_fn: outputs -> int answer ids (rows,), needed by the vote rules.
       nfe_per_step: NFE of one base step per row, if the sampler does not declare it.
+      buckets: static ``((width, capacity), ...)``, widths increasing and <= ``max_width``
+        (:func:`width_buckets`); None: every query runs ``max_width`` candidates (see the module doc).
     """
     checks.sampler("sampler", sampler)
     checks.function("reward_fn", reward_fn, "batch -> scores of shape (batch,)")
@@ -243,6 +322,7 @@ def allocated_search(sampler: Sampler, reward_fn: Callable, *, max_width: int,
     if answer_fn is None and any(r != "best_of_n" for r in rules):
         raise ValueError(f"rules {rules} include a vote: pass answer_fn (outputs -> int ids of shape "
                          "(rows,))")
+    buckets = _checked_buckets(buckets, width_max)
     per_step = (sampler.nfe_per_step or 1) if nfe_per_step is None else checks.positive_int("nfe_per_step",
                                                                                          nfe_per_step)
     reward = counting.counted(reward_fn, kind="verifier")
@@ -256,15 +336,23 @@ def allocated_search(sampler: Sampler, reward_fn: Callable, *, max_width: int,
             low = 1 if name == "width" else 0
             if host is not None and (host.dtype.kind not in "iu" or np.any((host < low) | (host > high))):
                 raise ValueError(f"x.{name} must be ints in [{low}, {high}], got {host.tolist()}")
+        host = checks.concrete(x.width)
+        if buckets is not None and host is not None:
+            dropped = int(jnp.sum(_bucket_layout(buckets, jnp.asarray(host, jnp.int32), width_max).slot_width == 0))
+            if dropped:
+                raise ValueError(f"buckets {buckets} cannot hold {dropped} of the queries (widths "
+                                 f"{host.tolist()}): give more capacity, e.g. width_buckets(width)")
         if sampler.validate is not None:
             sampler.validate(x.queries, params)
 
     def init(key, x, params, ctx=None):
         num_steps = 1 if ctx is None else ctx.num_steps
         split = fixed_split(width_max, num_steps=num_steps, nfe_per_step=per_step)
-        base = init_state(sampler, key, repeat_queries(sampler, key, x.queries, width_max), params, ctx)
         width = jnp.clip(jnp.asarray(x.width, jnp.int32), 1, width_max)
-        return AllocatedState(base, width, jnp.asarray(x.option, jnp.int32), split.as_arrays())
+        layout = _bucket_layout(buckets, width, width_max)
+        rows = jax.tree.map(lambda a: a[layout.row_query], x.queries)
+        base = init_state(sampler, key, fresh_copies(sampler, key, rows, layout.row_first), params, ctx)
+        return AllocatedState(base, width, jnp.asarray(x.option, jnp.int32), layout, split.as_arrays())
 
     def step(key, state, ctx, params):
         base, info = sampler.step(key, state.base, ctx, params)
@@ -272,22 +360,25 @@ def allocated_search(sampler: Sampler, reward_fn: Callable, *, max_width: int,
 
     def finalize(state):
         outputs = sampler.finalize(state.base)
+        rows = state.layout.row_query.shape[0]
         batch = state.width.shape[0]
         scores = reward(outputs)
-        if jnp.shape(scores) != (batch * width_max,):
-            raise ValueError(f"reward_fn must return scores of shape (batch * max_width,) = "
-                             f"({batch * width_max},), got shape {jnp.shape(scores)}")
-        scores = scores.reshape(batch, width_max)
-        active = jnp.arange(width_max) < state.width[:, None]
+        if jnp.shape(scores) != (rows,):
+            raise ValueError(f"reward_fn must return scores of shape (rows,) = ({rows},) for the {rows} rows "
+                             f"the buckets run, got shape {jnp.shape(scores)}")
+        row = state.layout.candidate_row
+        active = jnp.arange(width_max) < jnp.minimum(state.width, state.layout.slot_width)[:, None]
+        scores = scores[row]
         invalid = jnp.sum(active & is_invalid(scores), dtype=jnp.int32)
-        answers = None if answer_fn is None else jnp.asarray(answer_fn(outputs)).reshape(batch, width_max)
-        chosen = masked_select(scores, state.width, state.option, rules=rules, answers=answers)
+        answers = None if answer_fn is None else jnp.asarray(answer_fn(outputs))[row]
+        width = jnp.where(state.layout.slot_width > 0, state.width, 0)
+        chosen = masked_select(scores, width, state.option, rules=rules, answers=answers)
         masked = jnp.where(active, invalid_as_impossible(scores), -jnp.inf)
-        candidates = jax.tree.map(lambda a: a.reshape((batch, width_max) + a.shape[1:]), outputs)
+        candidates = jax.tree.map(lambda a: a[row], outputs)
         per_width = state.split.num_steps * state.split.nfe_per_step
         info = {"width": state.width, "option": state.option, "answer": chosen.answer,
-                "nfe_allocated": state.width * per_width,
-                "nfe_executed": jnp.full((batch,), width_max, jnp.int32) * per_width}
+                "nfe_allocated": state.width * per_width, "nfe_executed": state.layout.slot_width * per_width,
+                "dropped": state.layout.slot_width == 0}
         out = search_output(candidates, masked, split=state.split, invalid_rewards=invalid, info=info)
         return out._replace(best=take_index(candidates, chosen.index, 1),
                             best_score=take_index(masked, chosen.index, 1), best_index=chosen.index)

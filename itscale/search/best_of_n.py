@@ -54,12 +54,19 @@ def repeat_queries(sampler: Sampler, key, x, n: int):
         if jnp.ndim(leaf) == 0:
             raise ValueError("x must lead with the batch (query) axis; got a scalar leaf")
     repeated = jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), x)
-    if sampler.prior is None or n == 1:
+    if n == 1:
         return repeated
-    fresh = sampler.prior(jax.random.fold_in(key, _NOISE_STREAM), repeated)
-    first = jnp.arange(jax.tree.leaves(repeated)[0].shape[0]) % n == 0
+    return fresh_copies(sampler, key, repeated, jnp.arange(jax.tree.leaves(repeated)[0].shape[0]) % n == 0)
+
+
+def fresh_copies(sampler: Sampler, key, rows, first):
+    """``rows`` with every row where ``first`` is False replaced by a fresh draw of the sampler's prior
+    (unchanged for a sampler without one): the candidates of a query beyond its own noise."""
+    if sampler.prior is None:
+        return rows
+    fresh = sampler.prior(jax.random.fold_in(key, _NOISE_STREAM), rows)
     return jax.tree.map(lambda own, new: jnp.where(first.reshape((-1,) + (1,) * (own.ndim - 1)), own, new),
-                        repeated, fresh)
+                        rows, fresh)
 
 
 @takes_models

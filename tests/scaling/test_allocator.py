@@ -11,7 +11,7 @@ import pytest
 import itscale as its
 from itscale.core.run import _run
 from itscale.scaling.allocator import (AllocatedQueries, allocate, allocated_search, masked_select,
-                                       plan_allocation, uniform_allocation)
+                                       plan_allocation, uniform_allocation, width_buckets)
 from itscale.search.voting import NO_ANSWER
 
 jax.config.update("jax_enable_x64", True)
@@ -179,6 +179,75 @@ def test_one_program_runs_mixed_widths_exactly_as_best_of_n_per_query():
     with pytest.raises(ValueError, match="x.width"):
         zeros = jnp.zeros(batch, jnp.int32)
         its.run(sampler, key, AllocatedQueries(noise, zeros, zeros), num_steps=steps)
+
+
+def _check_selections(out, widths, options, rules):
+    candidates = np.asarray(out.candidates)
+    scores = np.asarray(out.scores)
+    answers = np.asarray(_answer(candidates.reshape(-1, 2))).reshape(candidates.shape[:2])
+    for q, (w, o) in enumerate(zip(widths, options)):
+        assert np.all(scores[q, w:] == -np.inf) and np.all(np.isfinite(scores[q, :w]))
+        index = _reference(scores[q], answers[q], w, rules[o])
+        assert int(out.best_index[q]) == index and int(out.info["answer"][q]) == answers[q, index]
+        np.testing.assert_array_equal(out.best[q], candidates[q, index])
+
+
+def test_exact_buckets_execute_only_the_allocated_compute():
+    base = its.refine.ode(GMM.velocity(its.paths.linear()), solver="euler")
+    rules = ("best_of_n", "majority_vote")
+    steps, batch, key = 3, 6, jax.random.key(3)
+    noise = jax.random.normal(jax.random.key(4), (batch, 2))
+    own = its.run(base, key, noise, num_steps=steps).output             # each query's own noise, solved
+    widths, options = np.array([1, 4, 2, 4, 1, 4]), np.array([0, 1, 0, 0, 1, 1])
+    buckets = width_buckets(widths)
+    assert buckets == ((1, 2), (2, 1), (4, 3))
+    sampler = allocated_search(base, _reward, max_width=4, rules=rules, answer_fn=_answer, buckets=buckets)
+    compiled = _run._cache_size()
+    for perm in (np.arange(batch), np.array([5, 3, 0, 1, 4, 2])):     # same bucket counts, new order
+        w, o = widths[perm], options[perm]
+        result = its.run(sampler, key, AllocatedQueries(noise, jnp.asarray(w), jnp.asarray(o)), num_steps=steps)
+        out = result.output
+        assert int(result.stats.nfe) == int(w.sum()) * steps                  # no masked work ran
+        np.testing.assert_array_equal(out.info["nfe_executed"], w * steps)
+        np.testing.assert_array_equal(out.info["nfe_allocated"], w * steps)
+        assert not np.any(out.info["dropped"])
+        np.testing.assert_allclose(out.candidates[:, 0], own, rtol=1e-12)   # candidate 0: the query's noise
+        flat = np.asarray(out.candidates)[np.arange(4)[None, :] < w[:, None]]
+        assert len({tuple(np.round(c, 9)) for c in flat}) == flat.shape[0]  # other candidates: fresh noise
+        _check_selections(out, w, o, rules)
+    assert _run._cache_size() == compiled + 1
+
+
+def test_full_bucket_overflows_into_a_wider_one_and_no_room_is_an_error():
+    base = its.refine.ode(GMM.velocity(its.paths.linear()), solver="euler")
+    sampler = allocated_search(base, _reward, max_width=5, answer_fn=_answer, buckets=((2, 1), (5, 2)))
+    noise = jax.random.normal(jax.random.key(5), (3, 2))
+    widths = jnp.array([2, 1, 3])
+    x = AllocatedQueries(noise, widths, jnp.zeros(3, jnp.int32))
+    result = its.run(sampler, jax.random.key(6), x, num_steps=2)
+    np.testing.assert_array_equal(result.output.info["nfe_executed"], [4, 10, 10])   # query 1 overflowed
+    assert int(result.stats.nfe) == (2 + 5 + 5) * 2
+    _check_selections(result.output, [2, 1, 3], [0, 0, 0], ("best_of_n",))
+    roomy = allocated_search(base, _reward, max_width=5, buckets=((2, 2), (5, 2)))     # slot 1 stays empty
+    spare = its.run(roomy, jax.random.key(6), x._replace(width=jnp.array([3, 1, 4])), num_steps=2)
+    assert int(spare.stats.nfe) == (2 + 2 + 5 + 5) * 2
+    np.testing.assert_allclose(spare.output.candidates[:, 0], its.run(base, jax.random.key(6), noise, num_steps=2).output,
+                               rtol=1e-12)                     # query 0 keeps its noise after the empty slot
+    crowded = AllocatedQueries(noise, jnp.array([4, 5, 3]), jnp.zeros(3, jnp.int32))
+    with pytest.raises(ValueError, match="buckets .* cannot hold 1 of the queries"):
+        its.run(sampler, jax.random.key(6), crowded, num_steps=2)
+    traced = jax.jit(lambda w: its.run(sampler, jax.random.key(6), crowded._replace(width=w), num_steps=2).output)
+    out = traced(crowded.width)                         # traced widths: the dropped query is flagged, not run
+    np.testing.assert_array_equal(out.info["dropped"], [False, False, True])
+    assert float(out.best_score[2]) == -np.inf and not bool(out.valid[2])
+    assert int(out.info["answer"][2]) == NO_ANSWER
+
+
+@pytest.mark.parametrize("buckets", [((3, 1), (2, 1)), ((2, 1), (7, 1)), ((2, 0),), ((2.5, 1),), (2, 1), ()])
+def test_bad_buckets_are_rejected(buckets):
+    base = its.refine.ode(GMM.velocity(its.paths.linear()), solver="euler")
+    with pytest.raises(ValueError, match="buckets"):
+        allocated_search(base, _reward, max_width=6, buckets=buckets)
 
 
 def test_allocate_maps_tiers_to_their_plan():
