@@ -1,6 +1,6 @@
 """Study: the four scaling claims of the seed documents, measured on analytic and small trained models.
 
-``python -m experiments.scaling [--quick] [--out results/scaling]`` writes ``scaling.md``, ``scaling.json``
+``python -m experiments.scaling [--full] [--out results/scaling]`` writes ``scaling.md``, ``scaling.json``
 and PNG plots. Every measured entry is a :class:`experiments.common.Sweep` point (``scaling_<digest>.json``,
 keyed by the :class:`StudyConfig`), stored as soon as it is computed, so an interrupted run resumes and a
 rerun recomputes nothing (the models are loaded only when an entry is missing).
@@ -25,18 +25,18 @@ rerun recomputes nothing (the models are loaded only when an entry is missing).
 4. **Adaptive allocation.** Difficulty from the first samples of each query (answer agreement, whose
    samples count in the budget: they are the query's first candidates), quantile tiers calibrated on one
    half of the problems, :func:`itscale.scaling.plan_allocation` on the calibration curves, measured on
-   the other half against :func:`itscale.scaling.uniform_allocation` and plain best-of-N; per-tier
-   telemetry (:func:`itscale.scaling.tier_summary`); and depth against width at equal NFE (wall clock).
+   the other half against :func:`itscale.scaling.uniform_allocation` and plain best-of-N; the matched
+   adaptive and uniform plans executed on fresh samples, each as one compiled program
+   (:func:`itscale.scaling.allocated_search` with exact width buckets: NFE counters and wall clock);
+   per-tier telemetry (:func:`itscale.scaling.tier_summary`); and depth against width at equal NFE.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
 import pathlib
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -48,8 +48,7 @@ from flax import nnx
 import itscale as its
 from experiments import model_cache, scaling_models as sm
 from experiments.bench.timing import time_fn
-from experiments.common import (StudyResult, Sweep, jsonable, markdown_table, save_figure, write_json_atomic,
-                                write_text_atomic)
+from experiments.common import (StudyResult, Sweep, jsonable, markdown_table, save_figure, study_main)
 from experiments.scaling_models import ScalingConfig
 from itscale.scaling import (agreement_difficulty, allocate, fit_power_law, flops_of, flops_per_call,
                              matched_inference_multiplier, masked_select, plan_allocation, quantile_edges,
@@ -736,36 +735,78 @@ def adaptive_rows(a: dict) -> tuple[list[dict], float | None]:
     return rows, best
 
 
-def telemetry(pool: dict, a: dict, cfg: StudyConfig, seconds_per_token: float, budget_kflops: float) -> dict:
-    """Per-tier NFE, FLOPs, latency and accuracy of the adaptive plan whose budget is nearest
-    ``budget_kflops`` per query (test problems)."""
-    curve = min(a["curve"], key=lambda c: abs(c["kflops"] - budget_kflops))
+def _generation_answer(generation):
+    return arithmetic.extract_answer(generation.tokens)
+
+
+def matched_plans(a: dict) -> tuple[dict, dict]:
+    """The middle uniform budget and the cheapest adaptive plan that reached its accuracy on the test
+    half (the nearest budget if none did)."""
+    uniform = a["uniform"][len(a["uniform"]) // 2]
+    reach = [c for c in a["curve"] if c["accuracy"] >= uniform["accuracy"]]
+    adaptive_plan = (min(reach, key=lambda c: c["kflops"]) if reach else
+                     min(a["curve"], key=lambda c: abs(c["kflops"] - uniform["kflops"])))
+    return uniform, adaptive_plan
+
+
+def execute_plans(models: Models, pool: dict, a: dict, cfg: StudyConfig) -> dict:
+    """The adaptive plan and the uniform one it matched, each run on the test problems as ONE compiled
+    program (``allocated_search`` with exact width buckets, learned-verifier scores, fresh samples):
+    per-query widths, rules, answers' correctness, the NFE executed (the run's counters) and allocated
+    (widths x the pool's NFE per sample, prefill included) and the program's wall clock."""
+    lm = models.scaling.lm_small
     test, tiers = np.asarray(a["test"], bool), np.asarray(a["tiers"])
+    problems = sm.heldout_problems(lm.config, cfg.per_digits)
+    prompts, truth = problems.prompts[test], np.asarray(problems.a + problems.b)[test]
+    base = _lm_rollout(lm.model, lm.config, cfg.temperature)
+    reward = sm.GenerationScore(models.scaling.verifier.model)
+    uniform, adaptive_plan = matched_plans(a)
+    plans = {"adaptive": (np.asarray(adaptive_plan["plan_width"])[tiers[test]],
+                          np.array([RULES.index(o) for o in adaptive_plan["plan_option"]])[tiers[test]]),
+             "uniform": (np.full(int(test.sum()), uniform["plan_width"]),
+                         np.full(int(test.sum()), RULES.index(uniform["option"])))}
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 0x9002)
+    out = {}
+    for name, (width, option) in plans.items():
+        search = its.scaling.allocated_search(base, reward, max_width=int(width.max()), rules=RULES,
+                                              answer_fn=_generation_answer, buckets=its.scaling.width_buckets(width))
+        x = its.scaling.AllocatedQueries(prompts, jnp.asarray(width, jnp.int32), jnp.asarray(option, jnp.int32))
+        result = its.run(search, key, x, num_steps=lm.config.completion_len)
+        out[name] = {"width": width, "option": option, "correct": np.asarray(result.output.info["answer"]) == truth,
+                     "nfe": float(result.stats.nfe), "nfe_allocated": float(np.sum(width)) * pool["nfe_per_sample"],
+                     "seconds": time_fn(_run_output(search, key, x, lm.config.completion_len), repeats=cfg.cost_repeats)}
+    return out
+
+
+def telemetry(executed: dict, pool: dict, a: dict, cfg: StudyConfig, seconds_per_token: float) -> dict:
+    """Per-tier NFE, FLOPs, modelled latency and executed accuracy of the adaptive plan (test problems)."""
+    test, tiers = np.asarray(a["test"], bool), np.asarray(a["tiers"])
+    run = executed["adaptive"]
+    width, option = np.asarray(run["width"]), np.asarray(run["option"])
     lm = cfg.models.lm_small
-    width = np.asarray(curve["plan_width"])[tiers[test]]
-    option = np.array([RULES.index(o) for o in curve["plan_option"]])[tiers[test]]
-    cost = query_cost(jnp.asarray(width), lm.completion_len, flops_per_nfe=0.0)
-    nfe = np.asarray(width) * pool["nfe_per_sample"]
+    cost = query_cost(jnp.asarray(width), lm.completion_len)
+    nfe = width * pool["nfe_per_sample"]
     flops = np.array([a["unit"][RULES[o]] * 1e3 for o in option]) * width
     latency = np.asarray(cost.depth, float) * seconds_per_token
-    truth = np.asarray(pool["truth"])[test]
-    pool_test = {k: np.asarray(v)[test] for k, v in pool.items() if k in ("answers", "scores", "correct")}
-    chosen = masked_select(jnp.asarray(pool_test["scores"], jnp.float32), jnp.asarray(width), jnp.asarray(option),
-                           rules=RULES, answers=jnp.asarray(pool_test["answers"]))
-    ok = (np.asarray(chosen.answer) == truth).astype(float)
     t = jnp.asarray(tiers[test])
     summary = {name: tier_summary(jnp.asarray(v, jnp.float32), t, cfg.num_tiers)
-               for name, v in (("nfe", nfe), ("flops", flops), ("latency", latency), ("accuracy", ok),
+               for name, v in (("nfe", nfe), ("flops", flops), ("latency", latency),
+                               ("accuracy", np.asarray(run["correct"], float)),
                                ("difficulty", np.asarray(a["difficulty"])[test]))}
     rows = []
     for d in range(cfg.num_tiers):
         s = {k: (v.count[d], v.mean[d], v.quantiles[d]) for k, v in summary.items()}
+        member = tiers[test] == d
         rows.append({"tier": d, "queries": int(s["nfe"][0]), "difficulty (mean)": float(s["difficulty"][1]),
-                     "rule": curve["plan_option"][d], "width": int(curve["plan_width"][d]),
+                     "rule": RULES[int(option[member][0])] if member.any() else "-",
+                     "width": int(width[member][0]) if member.any() else 0,
                      "NFE p10/p50/p90": "/".join(f"{float(x):.0f}" for x in s["nfe"][2]),
                      "FLOPs mean": float(s["flops"][1]), "latency ms p50": 1e3 * float(s["latency"][2][1]),
-                     "accuracy": float(s["accuracy"][1])})
-    return {"budget_kflops": curve["kflops"], "rows": rows}
+                     "accuracy (executed)": float(s["accuracy"][1])})
+    runs = [{"plan": name, "accuracy": float(np.mean(r["correct"])), "NFE executed": r["nfe"],
+             "NFE allocated": r["nfe_allocated"], "wall clock ms": 1e3 * r["seconds"]}
+            for name, r in executed.items()]
+    return {"rows": rows, "runs": runs}
 
 
 def depth_width(models: Models, cfg: StudyConfig) -> list[dict]:
@@ -820,11 +861,8 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
     """All four sub-studies (see the module docstring). ``models``: the models (or a function returning
     them) to use instead of loading ``cfg.models`` (their configs must be ``cfg``'s: the sweep is keyed by
     ``cfg``); loaded only if a sweep entry is missing."""
-    from tqdm import tqdm
-
     cfg = (config(quick) if cfg is None else cfg)
     out_dir = pathlib.Path(out_dir)
-    sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json")
     get = functools.cache(lambda: models() if callable(models) else models if models is not None
                           else load_models(cfg))
     tasks = [("cost|refinement", lambda: cost_axis(get(), cfg, "refinement")),
@@ -837,10 +875,8 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
              ("matched|large", lambda: large_greedy(get(), cfg)),
              ("matched|digits", lambda: matched_digits(get(), cfg)),
              ("adaptive|depth_width", lambda: depth_width(get(), cfg))]
-    data = {}
-    for key, fn in (bar := tqdm(tasks, desc="scaling", unit="entry")):
-        bar.set_postfix_str(key)
-        data[key] = sweep.get_or_compute(key, fn)
+    sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json", total=len(tasks) + 1)    # + the executed plans
+    data = {key: sweep.get_or_compute(key, fn) for key, fn in tasks}
     plots = []
 
     # 1. linear cost
@@ -868,8 +904,8 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
     a = adaptive(data["pool"], lm, cfg)
     alloc_table, best_saving = adaptive_rows(a)
     seconds_per_token = cost_fits["tokens"]["seconds"]["slope"]
-    mid = a["uniform"][len(a["uniform"]) // 2]["kflops"]
-    tele = telemetry(data["pool"], a, cfg, max(seconds_per_token, 0.0), mid)
+    executed = sweep.get_or_compute("adaptive|executed", lambda: execute_plans(get(), data["pool"], a, cfg))
+    tele = telemetry(executed, data["pool"], a, cfg, max(seconds_per_token, 0.0))
     plots.append(_plot_adaptive(a, out_dir))
     adaptive_holds = best_saving is not None and best_saving >= 2
 
@@ -953,8 +989,13 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
         "calibration half; adaptive: `plan_allocation` over widths >= the probe; compute to match = the "
         "smallest measured budget reaching uniform's test accuracy.", "",
         markdown_table(alloc_table), "",
-        f"Per-tier telemetry of the adaptive plan at {tele['budget_kflops']:.4g} kFLOP/query (test problems; "
-        "latency = sequential model calls (width runs in parallel) x measured seconds per token):", "",
+        "Executed: the middle uniform budget and the cheapest adaptive plan that reached its accuracy, each "
+        "run on the test problems as one compiled program (`its.scaling.allocated_search`, exact width "
+        "buckets from `width_buckets`, so only the allocated candidates run; fresh samples, the learned "
+        "verifier's scores); NFE from the run's counters, wall clock of the compiled program:", "",
+        markdown_table(tele["runs"]), "",
+        "Per-tier telemetry of the executed adaptive plan (latency = sequential model calls, width running "
+        "in parallel, x measured seconds per token):", "",
         markdown_table(tele["rows"]), "",
         f"Depth against width at {cfg.depth_width_nfe} NFE per query (small digits flow, "
         f"{cfg.depth_width_queries} queries; width candidates run in parallel, steps in sequence):", "",
@@ -974,17 +1015,7 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results") / NAME)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    result = study(args.out, quick=args.quick)
-    write_text_atomic(args.out / f"{NAME}.md", f"# {result.title}\n\n{result.markdown}\n\n"
-                      + "\n".join(f"![{p}]({p})" for p in result.plots) + "\n")
-    write_json_atomic(args.out / f"{NAME}.json", result.figures)
-    print(result.markdown)
-    print(f"{time.perf_counter() - start:.1f} s")
+    study_main(study, NAME, __doc__, argv)
 
 
 if __name__ == "__main__":

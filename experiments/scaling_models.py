@@ -198,6 +198,17 @@ class OutcomeVerifier(nnx.Module):
         return self.readout(self.trunk(tokens)[:, -1])[:, 0]
 
 
+class GenerationScore(nnx.Module):
+    """The verifier's logit of a rollout's output (an ``its.tokens.Generation``): the reward of a token
+    search, with the verifier's weights traced."""
+
+    def __init__(self, verifier: OutcomeVerifier):
+        self.verifier = verifier
+
+    def __call__(self, generation) -> jax.Array:
+        return self.verifier(generation.tokens)
+
+
 def verifier_model(config: VerifierConfig) -> OutcomeVerifier:
     """The untrained verifier of ``config`` (initialised from ``config.seed``)."""
     return OutcomeVerifier(width=config.width, depth=config.depth, num_heads=config.num_heads,

@@ -87,6 +87,10 @@ def test_study_sections_headline_and_resume(tmp_path, models):
     assert _finite([r["FLOPs R²"] for r in result.figures["linear_cost"]["table"]])
     for plot in result.plots:
         assert (tmp_path / "out" / plot).stat().st_size > 0
+    runs = {r["plan"]: r for r in result.figures["adaptive"]["telemetry"]["runs"]}
+    assert set(runs) == {"adaptive", "uniform"}
+    for run in runs.values():        # exact buckets: the compiled program ran the allocated candidates only
+        assert run["NFE executed"] == run["NFE allocated"] > 0 and 0 <= run["accuracy"] <= 1
     json.dumps(result.figures)
     sweep_file = tmp_path / "out" / f"scaling_{CFG.digest()}.json"
     stored = json.loads(sweep_file.read_text())
