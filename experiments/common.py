@@ -80,18 +80,58 @@ def save_figure(fig, path: pathlib.Path) -> str:
     return path.name
 
 
-class Sweep:
-    """A resumable sweep: each point is computed once and stored in a JSON file at ``path``."""
+def release_compiled() -> None:
+    """Drop JAX's compiled programs. Each XLA:CPU executable holds memory mappings while cached; a long
+    run that compiles thousands of programs passes Linux's ``vm.max_map_count`` and the next compile
+    fails ("LLVM compilation error: Cannot allocate memory", then a segfault)."""
+    import gc
 
-    def __init__(self, path: pathlib.Path):
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+
+
+def study_main(study: Callable[..., StudyResult], name: str, doc: str, argv: list[str] | None = None) -> None:
+    """``python -m experiments.<name> [--full] [--out results/<name>]``: run one study at the report's
+    default sizes (``--full``: larger sweeps) and write ``<name>.md`` and ``<name>.json``."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--full", action="store_true", help="larger sweeps")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results") / name)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    result = study(args.out, quick=not args.full)
+    write_text_atomic(args.out / f"{name}.md", f"# {result.title}\n\n{result.markdown}\n\n"
+                      + "\n".join(f"![{p}]({p})" for p in result.plots) + "\n")
+    write_json_atomic(args.out / f"{name}.json", result.figures)
+    print(result.markdown)
+    print(f"{time.perf_counter() - start:.1f} s")
+
+
+class Sweep:
+    """A resumable sweep: each point is computed once and stored in a JSON file at ``path``; a progress
+    bar (named after the file, out of ``total`` points when given) counts the points as they come."""
+
+    def __init__(self, path: pathlib.Path, *, total: int | None = None):
         self.path = pathlib.Path(path)
         self.points = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.total = total
+        self._bar = None
 
     def get_or_compute(self, key: str, fn: Callable[[], Any]) -> Any:
         """The stored value of ``key``, or ``fn()`` computed now and stored before returning."""
+        if self._bar is None:
+            from tqdm import tqdm
+            self._bar = tqdm(desc=self.path.stem.split("_")[0], total=self.total, unit="point")
+        self._bar.set_postfix_str(key, refresh=True)
         if key not in self.points:
             self.points[key] = jsonable(fn())
             write_json_atomic(self.path, self.points)
+            release_compiled()
+        self._bar.update(1)
         return self.points[key]
 
 

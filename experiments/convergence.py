@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import itscale as its
-from experiments.common import StudyResult, Sweep, markdown_table, save_figure
+from experiments.common import StudyResult, Sweep, markdown_table, save_figure, study_main
 from itscale.refine import SOLVERS
 from itscale.scaling.power_law import fit_power_law
 
@@ -164,7 +164,7 @@ def study(out_dir: pathlib.Path, *, quick: bool) -> StudyResult:
     out_dir = pathlib.Path(out_dir)
     steps = (16, 32, 64) if quick else (4, 8, 16, 32, 64, 128, 256)
     batch = 256 if quick else 2048
-    sweep = Sweep(out_dir / f"convergence{'_quick' if quick else ''}.json")
+    sweep = Sweep(out_dir / f"convergence{'_quick' if quick else ''}.json", total=2 * len(DIMS) * len(SETTINGS))
     cells = [f"d={d} {s}" for d in DIMS for s in SETTINGS]
     results, fits = {}, {}
     figures = {"declared_order": {s: spec.order for s, spec in SOLVERS.items()}, "slopes": {},
@@ -221,11 +221,4 @@ def study(out_dir: pathlib.Path, *, quick: bool) -> StudyResult:
 
 
 if __name__ == "__main__":
-    import sys
-    import time
-
-    start = time.perf_counter()
-    out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "results")
-    result = study(out, quick="--full" not in sys.argv)
-    print(result.markdown)
-    print(f"{time.perf_counter() - start:.1f} s")
+    study_main(study, "convergence", __doc__)

@@ -1,7 +1,9 @@
-"""``python -m experiments.report [--quick] [--out results]``: run every study, write the report.
+"""``python -m experiments.report [--full] [--out results]``: run every study, write the report.
 
 Each study in ``STUDIES`` is a module exposing ``study(out_dir, *, quick) -> StudyResult`` on embedded
-default tasks (analytic models, data shipped with packages, models trained here; no downloads).
+default tasks (analytic models, data shipped with packages, models trained here; no downloads). The
+default runs each study's quick sizes (the whole report within 15 minutes on 2 cores, training
+included); ``--full`` runs the larger sweeps.
 Writes ``results/report.md`` (one section per study, PNG plots beside it) and ``results/figures.json``
 (every figure), atomically. Sweeps inside studies resume where an interrupted run stopped.
 
@@ -19,7 +21,8 @@ import pathlib
 import platform
 import time
 
-from experiments.common import StudyResult, markdown_table, write_json_atomic, write_text_atomic
+from experiments.common import (StudyResult, markdown_table, release_compiled, write_json_atomic,
+                                write_text_atomic)
 
 STUDIES = [
     "experiments.tokens",
@@ -40,6 +43,7 @@ def run_studies(out_dir: pathlib.Path, quick: bool, only: list[str] | None = Non
         bar.set_postfix_str(name.rsplit(".", 1)[-1])
         start = time.perf_counter()
         result = importlib.import_module(name).study(out_dir, quick=quick)
+        release_compiled()
         results.append(result._replace(figures={**result.figures, "seconds": time.perf_counter() - start}))
     return results
 
@@ -64,7 +68,7 @@ def render(results: list[StudyResult], quick: bool) -> str:
     """The markdown report: machine, run time and headline table, then each study's section and plots."""
     seconds = sum(r.figures.get("seconds", 0.0) for r in results)
     lines = ["# itscale report", "",
-             f"Mode: {'quick' if quick else 'full'}. Machine: {machine()}. Run time: {seconds / 60:.1f} min "
+             f"Mode: {'default sizes' if quick else 'full (--full)'}. Machine: {machine()}. Run time: {seconds / 60:.1f} min "
              "(studies resumed from their sweep files count only what this run computed). Every number "
              "below is computed by the run that wrote this file; figures are also in `figures.json`.", ""]
     if not results:
@@ -79,12 +83,13 @@ def render(results: list[StudyResult], quick: bool) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sweeps (about a minute per study)")
+    parser.add_argument("--full", action="store_true", help="larger sweeps (about an hour on 2 cores)")
     parser.add_argument("--only", nargs="*", help="study module names (suffixes) to run")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results"))
     args = parser.parse_args(argv)
-    results = run_studies(args.out, args.quick, args.only)
-    write_text_atomic(args.out / "report.md", render(results, args.quick))
+    quick = not args.full
+    results = run_studies(args.out, quick, args.only)
+    write_text_atomic(args.out / "report.md", render(results, quick))
     write_json_atomic(args.out / "figures.json", {r.title: r.figures for r in results})
     print(f"wrote {args.out / 'report.md'} ({len(results)} studies)")
 

@@ -1,6 +1,6 @@
 """Study: width strategies over diffusion / flow models, at equal NFE per query.
 
-``python -m experiments.search [--quick] [--out results/search]`` writes ``search.md`` (tables),
+``python -m experiments.search [--full] [--out results/search]`` writes ``search.md`` (tables),
 ``search.json`` (every figure) and PNG plots, atomically; each (study, task, base, strategy, budget)
 cell is a :class:`experiments.common.Sweep` entry stored when computed, so a rerun computes only the
 missing cells. Cells of strategies whose module is not importable yet are skipped with a note (and
@@ -34,7 +34,6 @@ weights. Law-level errors pool the measures of all queries (each query weighs 1 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -49,8 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import itscale as its
-from experiments.common import (StudyResult, Sweep, markdown_table, save_figure, write_json_atomic,
-                                write_text_atomic)
+from experiments.common import StudyResult, Sweep, markdown_table, save_figure, study_main
 from itscale.search.best_of_n import repeat_queries
 from itscale.search.split import declared_nfe_per_step, plan_width
 
@@ -783,15 +781,7 @@ def _plot_exact(task: Task, cells: list[dict], info: dict, out_dir: pathlib.Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results") / NAME)
-    args = parser.parse_args(argv)
-    result = study(args.out, quick=args.quick)
-    write_text_atomic(args.out / f"{NAME}.md", f"# {result.title}\n\n{result.markdown}\n\n"
-                      + "\n".join(f"![{p}]({p})" for p in result.plots) + "\n")
-    write_json_atomic(args.out / f"{NAME}.json", result.figures)
-    print(result.markdown)
+    study_main(study, NAME, __doc__, argv)
 
 
 if __name__ == "__main__":

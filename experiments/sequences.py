@@ -224,13 +224,15 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None)
     cfg = config(quick) if cfg is None else cfg
     names = selected(cfg)
     out_dir = pathlib.Path(out_dir)
-    sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json")
+    token_grid = [(name, k) for name in names for k in token_steps(cfg, name)]
+    forcing_grid = [(f, s) for f in cfg.uncertainties for s in cfg.levels]
+    sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json", total=1 + len(token_grid) + len(forcing_grid))
     exact = exact_chain(cfg)
     floor = sweep.get_or_compute("floor", lambda: token_floor(cfg, exact))
     tokens = [sweep.get_or_compute(f"tokens|{name}|K={k}", lambda name=name, k=k: token_point(cfg, exact, name, k))
-              for name in names for k in token_steps(cfg, name)]
+              for name, k in token_grid]
     forcing = [sweep.get_or_compute(f"forcing|u/S={f}|S={s}", lambda s=s, f=f: forcing_point(cfg, s, f))
-               for f in cfg.uncertainties for s in cfg.levels]
+               for f, s in forcing_grid]
     plots = [_plot_tokens(tokens, floor, out_dir), _plot_forcing(forcing, out_dir)]
     figures = {"tokens": tokens, "floor": floor, "forcing": forcing, "entropy": exact.entropy}
     return StudyResult("Both axes: masked diffusion, AR and diffusion forcing against exact laws",

@@ -302,12 +302,13 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None)
     """Accuracy vs NFE per problem of every strategy, and coverage vs k; see the module docstring."""
     cfg = config(quick) if cfg is None else cfg
     out_dir = pathlib.Path(out_dir)
-    sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json")
+    grid = [(name, w) for name in selected(cfg) for w in widths_of(cfg, name)]
+    sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json", total=len(grid) + 2)   # + training, coverage
     setup = functools.cache(lambda: make_setup(out_dir, cfg))    # only if a point is missing
 
     training = sweep.get_or_compute("training", lambda: compute_training(setup()))
     points = [sweep.get_or_compute(f"{name}|width={w}", lambda name=name, w=w: compute_point(setup(), name, w))
-              for name in selected(cfg) for w in widths_of(cfg, name)]
+              for name, w in grid]
     coverage = sweep.get_or_compute(f"coverage|samples={cfg.coverage_samples}",
                                     lambda: compute_coverage(setup()))
 

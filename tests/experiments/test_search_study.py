@@ -153,7 +153,7 @@ def test_main_writes_atomically(first_run, monkeypatch, tmp_path, tiny_digits):
     out, _ = first_run
     monkeypatch.setattr(search, "config", lambda quick: TINY)
     monkeypatch.setattr(search, "digits_config", lambda quick: tiny_digits)
-    search.main(["--quick", "--out", str(out)])
+    search.main(["--out", str(out)])
     assert (out / "search.md").read_text().startswith("# Width axis")
     assert "exact" in json.loads((out / "search.json").read_text())
     assert not list(out.glob(".*.tmp"))
