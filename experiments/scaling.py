@@ -58,6 +58,7 @@ from itscale.verifiers import arithmetic, digits as digit_rewards
 NAME = "scaling"
 LINEAR = its.paths.linear()
 RULES = ("majority_vote", "best_of_n")          # allocation options (best-of-N reads the learned verifier)
+LARGE = "large_greedy"                          # the routing option: the large LM, greedy
 R2_THRESHOLD = 0.98
 LOG_R2_THRESHOLD = 0.95
 
@@ -656,9 +657,11 @@ def _plot_matched(lm: dict, summary: dict, out_dir: pathlib.Path) -> str:
 
 # ------------------------------------------------------------------------------------------ 4. adaptive
 
-def adaptive(pool: dict, lm_info: dict, cfg: StudyConfig) -> dict:
+def adaptive(pool: dict, lm_info: dict, cfg: StudyConfig, *, route: bool = False) -> dict:
     """Calibrate tiers and curves on even problems, plan on the odd ones; uniform and best-of-N baselines.
-    Costs in kFLOP per problem (the probe's samples are the first candidates, so they are counted)."""
+    Costs in kFLOP per problem (the probe's samples are the first candidates, so they are counted).
+    ``route``: the large LM decoding greedily is one more option, for uniform allocation (at width 1) and
+    for the planner (after the probe, whose small-LM samples it does not reuse: k samples + 1 large call)."""
     answers, truth = np.asarray(pool["answers"]), np.asarray(pool["truth"])
     cal, test = np.arange(len(truth)) % 2 == 0, np.arange(len(truth)) % 2 == 1
     k = cfg.probe
@@ -666,21 +669,31 @@ def adaptive(pool: dict, lm_info: dict, cfg: StudyConfig) -> dict:
     edges = quantile_edges(jnp.asarray(difficulty[cal]), cfg.num_tiers)
     tiers = np.asarray(tiers_from_edges(jnp.asarray(difficulty), edges))
     unit = {rule: max(1, int(round(lm_info["cost"][rule] / 1e3))) for rule in RULES}
-    costs = np.array([unit[r] for r in RULES], np.int64)
+    names = RULES + ((LARGE,) if route else ())
     widths_all = widths_up_to(cfg.pool_samples)
+    adaptive_widths = [w for w in widths_all if w >= k]
     correct = {(o, w): select_correct(pool, w, rule) for o, rule in enumerate(RULES) for w in widths_all}
+    costs_uniform = np.array([unit[r] for r in RULES], np.int64)
+    costs_adaptive = costs_uniform
+    if route:
+        unit[LARGE] = max(1, int(round(lm_info["f_large"] / 1e3)))
+        correct.update({(len(RULES), w): np.asarray(lm_info["large"], bool) for w in widths_all})
+        costs_uniform = np.append(costs_uniform, unit[LARGE])
+        probe_and_large = -(-(k * unit["majority_vote"] + unit[LARGE]) // k)      # per unit of width k, rounded up
+        costs_adaptive = np.append(costs_adaptive, probe_and_large)
 
-    def curves(mask, widths):
-        acc = np.full((cfg.num_tiers, len(RULES), len(widths)), np.nan)
+    def curves(mask, widths, large_width):
+        acc = np.full((cfg.num_tiers, len(names), len(widths)), np.nan)
         for d in range(cfg.num_tiers):
             member = mask & (tiers == d)
             if member.any():
-                for o in range(len(RULES)):
+                for o, name in enumerate(names):
                     for g, w in enumerate(widths):
-                        acc[d, o, g] = correct[(o, w)][member].mean()
+                        if name != LARGE or w == large_width:
+                            acc[d, o, g] = correct[(o, w)][member].mean()
         return acc
 
-    def measure(plan, mask):
+    def measure(plan, mask, costs):
         width, option = (np.asarray(v) for v in allocate(plan, jnp.asarray(tiers[mask])))
         ok = np.array([correct[(int(o), int(w))][i] for o, w, i in zip(option, width, np.flatnonzero(mask))])
         spend = costs[option] * width
@@ -688,28 +701,27 @@ def adaptive(pool: dict, lm_info: dict, cfg: StudyConfig) -> dict:
 
     sizes = np.bincount(tiers[test], minlength=cfg.num_tiers).astype(np.int64)
     q_test = int(test.sum())
-    adaptive_widths = [w for w in widths_all if w >= k]
-    acc_adaptive = curves(cal, adaptive_widths)
-    acc_uniform = curves(cal, widths_all)
+    acc_adaptive = curves(cal, adaptive_widths, k)
+    acc_uniform = curves(cal, widths_all, 1)
     uniform = []
     for w in widths_all:
-        budget = int(costs.max() * w * q_test)
+        budget = int(costs_uniform[:len(RULES)].max() * w * q_test)
         plan = uniform_allocation(acc_uniform[:, :, : widths_all.index(w) + 1], widths_all[: widths_all.index(w) + 1],
-                                  costs, sizes, budget)
-        a, s, *_ = measure(plan, test)
+                                  costs_uniform, sizes, budget)
+        a, s, *_ = measure(plan, test, costs_uniform)
         bon = correct[(RULES.index("best_of_n"), w)][test].mean()
-        uniform.append({"width": w, "option": RULES[int(plan.option[0])], "plan_width": int(plan.width[0]),
+        uniform.append({"width": w, "option": names[int(plan.option[0])], "plan_width": int(plan.width[0]),
                         "accuracy": a, "kflops": s, "bon_accuracy": float(bon), "bon_kflops": float(unit["best_of_n"] * w)})
-    low, high = int(costs.min() * k), int(costs.max() * cfg.pool_samples)
+    low, high = int(costs_adaptive.min() * k), int(costs_adaptive.max() * cfg.pool_samples)
     curve = []
     for per_query in np.unique(np.geomspace(low, high, cfg.num_budgets).astype(np.int64)):
         try:
-            plan = plan_allocation(acc_adaptive, adaptive_widths, costs, sizes, int(per_query) * q_test)
+            plan = plan_allocation(acc_adaptive, adaptive_widths, costs_adaptive, sizes, int(per_query) * q_test)
         except ValueError:
             continue
-        a, s, width, option, ok = measure(plan, test)
+        a, s, width, option, ok = measure(plan, test, costs_adaptive)
         curve.append({"budget": int(per_query), "accuracy": a, "kflops": s, "plan_width": plan.width.tolist(),
-                      "plan_option": [RULES[int(o)] for o in plan.option], "expected": plan.expected_accuracy})
+                      "plan_option": [names[int(o)] for o in plan.option], "expected": plan.expected_accuracy})
     for u in uniform:
         reach = [c["kflops"] for c in curve if c["accuracy"] >= u["accuracy"]]
         u["adaptive_kflops"] = min(reach) if reach else None
@@ -835,15 +847,18 @@ DEPTH_WIDTH_COLUMNS = ["steps (depth)", "candidates (width)", "NFE/query", "sequ
                        "max_c log p(c|x)"]
 
 
-def _plot_adaptive(a: dict, out_dir: pathlib.Path) -> str:
+def _plot_adaptive(a: dict, routed: dict, out_dir: pathlib.Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     u = a["uniform"]
     ax.plot([v["kflops"] for v in u], [v["accuracy"] for v in u], "o-", label="uniform allocation")
     ax.plot([v["bon_kflops"] for v in u], [v["bon_accuracy"] for v in u], "s--", label="best-of-N (verifier)")
-    c = sorted(a["curve"], key=lambda c: c["kflops"])
-    ax.plot([v["kflops"] for v in c], [v["accuracy"] for v in c], "^-", label="adaptive (incl. probe)")
+    for result, label in ((a, "adaptive (incl. probe)"), (routed, "adaptive, routing to the large LM")):
+        c = sorted(result["curve"], key=lambda c: c["kflops"])
+        ax.plot([v["kflops"] for v in c], [v["accuracy"] for v in c], "^-", label=label)
+    r = routed["uniform"]
+    ax.plot([v["kflops"] for v in r], [v["accuracy"] for v in r], "v:", label="uniform, large LM allowed")
     ax.set(xscale="log", xlabel="kFLOP per query", ylabel="test accuracy", title="compute allocation")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -906,7 +921,9 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
     seconds_per_token = cost_fits["tokens"]["seconds"]["slope"]
     executed = sweep.get_or_compute("adaptive|executed", lambda: execute_plans(get(), data["pool"], a, cfg))
     tele = telemetry(executed, data["pool"], a, cfg, max(seconds_per_token, 0.0))
-    plots.append(_plot_adaptive(a, out_dir))
+    routed = adaptive(data["pool"], lm, cfg, route=True)
+    route_table, route_saving = adaptive_rows(routed)
+    plots.append(_plot_adaptive(a, routed, out_dir))
     adaptive_holds = best_saving is not None and best_saving >= 2
 
     headline = [
@@ -924,9 +941,11 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
                      f"digits: {digits_verdict}",
          "holds": bool(lm_holds and digits_holds)},
         {"claim": "4. adaptive allocation reaches uniform allocation's accuracy with >= 2x less compute",
-         "measured": "no uniform budget matched" if best_saving is None else
-                     f"best saving {best_saving:.2f}x over {len(a['uniform'])} uniform budgets "
-                     f"(>= 2x at {sum(1 for u in a['uniform'] if (u['saving'] or 0) >= 2)})",
+         "measured": ("no uniform budget matched" if best_saving is None else
+                      f"best saving {best_saving:.2f}x over {len(a['uniform'])} uniform budgets "
+                      f"(>= 2x at {sum(1 for u in a['uniform'] if (u['saving'] or 0) >= 2)})")
+                     + "; routing between the small and large LM: " +
+                     ("no uniform budget matched" if route_saving is None else f"best saving {route_saving:.2f}x"),
          "holds": bool(adaptive_holds)},
     ]
     m = lm["matched"]
@@ -989,6 +1008,11 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
         "calibration half; adaptive: `plan_allocation` over widths >= the probe; compute to match = the "
         "smallest measured budget reaching uniform's test accuracy.", "",
         markdown_table(alloc_table), "",
+        "The model as a choice (cost-aware routing): the large LM decoding greedily is one more option, at "
+        f"{routed['unit'][LARGE]} kFLOP per problem; uniform allocation may give it to every problem, the "
+        "planner to a tier after the probe (the probe's samples are then spent on top of the large call). "
+        "Same calibration, tiers and test half:", "",
+        markdown_table(route_table), "",
         "Executed: the middle uniform budget and the cheapest adaptive plan that reached its accuracy, each "
         "run on the test problems as one compiled program (`its.scaling.allocated_search`, exact width "
         "buckets from `width_buckets`, so only the allocated candidates run; fresh samples, the learned "
@@ -1008,6 +1032,7 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
                "matched": {"lm": {k: v for k, v in lm.items() if k not in ("curves", "large", "digits")},
                            "table": match_table, "summary": match_summary, "digits": data["matched|digits"],
                            "digits_table": digit_table},
+               "routing": {"table": route_table, "best_saving": route_saving, "curve": routed["curve"]},
                "adaptive": {"table": alloc_table, "best_saving": best_saving, "curve": a["curve"],
                             "telemetry": tele, "depth_width": data["adaptive|depth_width"]}}
     return StudyResult("Scaling: cost, power laws, matched compute, adaptive allocation", markdown,

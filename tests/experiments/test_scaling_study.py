@@ -107,3 +107,24 @@ def test_study_sections_headline_and_resume(tmp_path, models):
     assert sweep_file.stat().st_mtime_ns == mtime
     assert again.markdown == result.markdown
     assert again.figures["headline"] == headline
+
+
+def test_routing_sends_hard_problems_to_the_large_model_after_the_probe():
+    # easy problems: every sample right (agreement 1); hard ones: every sample a different wrong answer;
+    # the large LM is right everywhere. Costs (kFLOP): a sample 10 (15 with the verifier), the large LM 100.
+    q, n, k = 40, 8, 4
+    truth = np.arange(q)
+    hard = (np.arange(q) // 2) % 2 == 1                    # both halves (even / odd problems) hold both kinds
+    answers = np.where(hard[:, None], 1000 + np.arange(q * n).reshape(q, n), truth[:, None])
+    pool = {"answers": answers, "truth": truth, "scores": np.zeros((q, n)), "correct": (answers == truth[:, None])}
+    info = {"cost": {"majority_vote": 10e3, "best_of_n": 15e3}, "f_large": 100e3, "large": np.ones(q, bool)}
+    cfg = scaling.StudyConfig(probe=k, num_tiers=2, pool_samples=n, num_budgets=40)
+    routed = scaling.adaptive(pool, info, cfg, route=True)
+    best = min((c for c in routed["curve"] if c["accuracy"] == 1.0), key=lambda c: c["kflops"])
+    assert best["plan_option"] == ["majority_vote", scaling.LARGE] and best["plan_width"] == [k, k]
+    assert best["kflops"] == pytest.approx((k * 10 + (k * 10 + 100)) / 2)   # the probe is paid on hard ones too
+    large_for_all = [u for u in routed["uniform"] if u["option"] == scaling.LARGE]
+    assert large_for_all and large_for_all[0]["accuracy"] == 1.0 and large_for_all[0]["kflops"] == 100
+    assert large_for_all[0]["saving"] == pytest.approx(100 / 90)
+    plain = scaling.adaptive(pool, info, cfg)                # without routing the hard half stays wrong
+    assert max(c["accuracy"] for c in plain["curve"]) == 0.5
