@@ -24,6 +24,7 @@ the missing points.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -33,8 +34,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
 import itscale as its
+from experiments import model_cache
 from experiments.common import StudyResult, Sweep, markdown_table, save_figure
 from itscale.hybrid.exact_conditionals import markov_denoiser
 from itscale.hybrid.first_hitting import first_hitting
@@ -63,6 +67,9 @@ class StudyConfig(NamedTuple):
     uncertainties: tuple = (0.0, 0.25, 0.5, 1.0)
     seed: int = 0
     samplers: tuple | None = None
+    denoiser_width: int = 64                 # the trained MaskedTransformer (sampler "mdlm_trained")
+    denoiser_steps: int = 3000
+    denoiser_data: int = 20000
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self._asdict(), sort_keys=True).encode()).hexdigest()[:12]
@@ -73,7 +80,7 @@ def config(quick: bool) -> StudyConfig:
     if not quick:
         return StudyConfig()
     return StudyConfig(length=4, samples=3000, steps=(1, 2, 4), ssm_length=3, ssm_samples=2000,
-                       levels=(2, 8), uncertainties=(0.0, 1.0))
+                       levels=(2, 8), uncertainties=(0.0, 1.0), denoiser_steps=1500)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,6 +131,7 @@ def token_quality(tokens, exact: Chain, cfg: StudyConfig) -> dict:
 
 TOKEN_SAMPLERS = {
     "mdlm": "MDLM",
+    "mdlm_trained": "MDLM, trained transformer denoiser",
     "remdm": "MDLM + ReMDM (cap)",
     "maskgit_random": "MaskGIT, random order (τ = 1e6)",
     "maskgit_confidence": "MaskGIT, confidence (τ = 4.5)",
@@ -150,8 +158,50 @@ def token_steps(cfg: StudyConfig, name: str) -> tuple:
     return cfg.steps
 
 
-def token_point(cfg: StudyConfig, exact: Chain, name: str, steps: int) -> dict:
-    """One (sampler, steps) run of ``cfg.samples`` rows; quality and NFE per sample."""
+def denoiser_spec(cfg: StudyConfig) -> dict:
+    return {"vocab": cfg.vocab, "length": cfg.length, "width": cfg.denoiser_width, "depth": 2, "num_heads": 4,
+            "steps": cfg.denoiser_steps, "data": cfg.denoiser_data, "batch_size": 256, "peak_lr": 3e-3,
+            "seed": cfg.seed}
+
+
+def _build_denoiser(spec: dict) -> its.models.MaskedTransformer:
+    return its.models.MaskedTransformer(spec["vocab"], spec["length"], width=spec["width"], depth=spec["depth"],
+                                        num_heads=spec["num_heads"], rngs=nnx.Rngs(spec["seed"]))
+
+
+def trained_denoiser(cfg: StudyConfig, exact: Chain) -> model_cache.Cached:
+    """The MaskedTransformer trained with MDLM's loss on ``denoiser_data`` samples of the chain (AdamW,
+    warm-up and cosine decay), cached on disk (verified on load)."""
+    spec = denoiser_spec(cfg)
+
+    def fit():
+        model = _build_denoiser(spec)
+        data = exact.model.sample(jax.random.key(cfg.seed + 2), spec["data"], cfg.length)
+        schedule = optax.warmup_cosine_decay_schedule(0.0, spec["peak_lr"], 100, spec["steps"])
+        model, losses = its.models.train(its.models.masked_denoising_loss, model, data, optax.adamw(schedule),
+                                         spec["steps"], batch_size=spec["batch_size"], key=jax.random.key(cfg.seed + 3))
+        return model, {"epoch_losses": [float(v) for v in losses.reshape(-1, 50).mean(axis=1)]}
+
+    return model_cache.load_or_train("masked_denoiser", spec, _build_denoiser, fit)
+
+
+def denoiser_quality(cfg: StudyConfig, exact: Chain, cached: model_cache.Cached) -> dict:
+    """Mean KL(exact ‖ trained) of the conditionals at masked positions (half the positions masked, on fresh
+    chain samples), the training record and the parameter count."""
+    tokens = exact.model.sample(jax.random.key(cfg.seed + 4), 4000, cfg.length)
+    masked = jax.random.uniform(jax.random.key(cfg.seed + 5), tokens.shape) < 0.5
+    z = jnp.where(masked, cfg.vocab, tokens)
+    log_exact = jax.nn.log_softmax(markov_denoiser(exact.model, mask_id=cfg.vocab)(z, None), axis=-1)
+    log_model = jax.nn.log_softmax(cached.model(z), axis=-1)
+    kl = jnp.sum(jnp.exp(log_exact) * (log_exact - log_model), axis=-1)
+    return {"kl": float(jnp.sum(jnp.where(masked, kl, 0.0)) / jnp.sum(masked)),
+            "losses": cached.record["epoch_losses"], "seconds": cached.record["seconds"],
+            "params": model_cache.num_params(cached.model)}
+
+
+def token_point(cfg: StudyConfig, exact: Chain, name: str, steps: int, trained=None) -> dict:
+    """One (sampler, steps) run of ``cfg.samples`` rows; quality and NFE per sample. ``trained()``: the
+    trained denoiser (sampler ``mdlm_trained``)."""
     mask = cfg.vocab
     key = jax.random.fold_in(jax.random.key(cfg.seed), steps)
     n, length = cfg.samples, cfg.length
@@ -163,6 +213,7 @@ def token_point(cfg: StudyConfig, exact: Chain, name: str, steps: int) -> dict:
         denoiser = markov_denoiser(exact.model, mask_id=mask)
         sampler, params = {
             "mdlm": lambda: (mdlm(denoiser, mask_id=mask), None),
+            "mdlm_trained": lambda: (mdlm(trained(), mask_id=mask), None),
             "remdm": lambda: (remdm(denoiser, mask_id=mask, remasking="cap", eta=cfg.remdm_eta), None),
             "maskgit_random": lambda: (maskgit(denoiser, mask_id=mask), {"temperature": 1e6}),
             "maskgit_confidence": lambda: (maskgit(denoiser, mask_id=mask), {"temperature": 4.5}),
@@ -226,20 +277,25 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None)
     out_dir = pathlib.Path(out_dir)
     token_grid = [(name, k) for name in names for k in token_steps(cfg, name)]
     forcing_grid = [(f, s) for f in cfg.uncertainties for s in cfg.levels]
-    sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json", total=1 + len(token_grid) + len(forcing_grid))
+    learned = "mdlm_trained" in names
+    sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json",
+                  total=1 + learned + len(token_grid) + len(forcing_grid))
     exact = exact_chain(cfg)
+    cached = functools.cache(lambda: trained_denoiser(cfg, exact))       # trained / loaded only if needed
     floor = sweep.get_or_compute("floor", lambda: token_floor(cfg, exact))
-    tokens = [sweep.get_or_compute(f"tokens|{name}|K={k}", lambda name=name, k=k: token_point(cfg, exact, name, k))
+    denoiser = sweep.get_or_compute("denoiser", lambda: denoiser_quality(cfg, exact, cached())) if learned else None
+    tokens = [sweep.get_or_compute(f"tokens|{name}|K={k}",
+                                   lambda name=name, k=k: token_point(cfg, exact, name, k, lambda: cached().model))
               for name, k in token_grid]
     forcing = [sweep.get_or_compute(f"forcing|u/S={f}|S={s}", lambda s=s, f=f: forcing_point(cfg, s, f))
                for f, s in forcing_grid]
     plots = [_plot_tokens(tokens, floor, out_dir), _plot_forcing(forcing, out_dir)]
-    figures = {"tokens": tokens, "floor": floor, "forcing": forcing, "entropy": exact.entropy}
+    figures = {"tokens": tokens, "floor": floor, "forcing": forcing, "entropy": exact.entropy, "denoiser": denoiser}
     return StudyResult("Both axes: masked diffusion, AR and diffusion forcing against exact laws",
-                       _markdown(cfg, exact, floor, tokens, forcing), figures, plots)
+                       _markdown(cfg, exact, floor, tokens, forcing, denoiser), figures, plots)
 
 
-def _markdown(cfg, exact, floor, tokens, forcing) -> str:
+def _markdown(cfg, exact, floor, tokens, forcing, denoiser) -> str:
     steps = sorted({p["steps"] for p in tokens})
     rows = []
     for name in selected(cfg):
@@ -264,7 +320,14 @@ def _markdown(cfg, exact, floor, tokens, forcing) -> str:
         f"(a) Bigram chain, V = {cfg.vocab}, L = {cfg.length} ({cfg.vocab ** cfg.length} sequences, "
         f"entropy H = {exact.entropy:.4f} nats), exact denoiser (forward–backward); {cfg.samples} samples "
         f"per point. Total variation to the exact law against refinement steps K (NFE per sample = K; AR: "
-        f"L + 1 with the BOS prefill). ReMDM: cap schedule, η = {cfg.remdm_eta}.", "", tv_table, "",
+        f"L + 1 with the BOS prefill). ReMDM: cap schedule, η = {cfg.remdm_eta}." + (
+            "" if denoiser is None else
+            f" Trained denoiser: `its.models.MaskedTransformer` (bidirectional, time-free, width "
+            f"{cfg.denoiser_width}, depth 2, {denoiser['params']} parameters) trained here with MDLM's loss "
+            f"(`masked_denoising_loss`) for {cfg.denoiser_steps} AdamW steps on {cfg.denoiser_data} chain samples "
+            f"in {denoiser['seconds']:.0f} s (loss {denoiser['losses'][0]:.3f} → {denoiser['losses'][-1]:.3f}); "
+            f"its conditionals are {denoiser['kl']:.2g} nats (mean KL per masked position) from the exact ones."),
+        "", tv_table, "",
         "Mean exact log-likelihood of the samples minus its exact expectation −H (0 for an exact sampler; "
         "in standard errors in the next column):", "", ll_table, "",
         f"(b) Diffusion forcing (pyramid) on the exact denoiser of a linear-Gaussian state-space model, "

@@ -5,6 +5,7 @@ from itscale.models.bound import Bound, bind
 from itscale.models.digits import Classifier
 from itscale.models.gaussian_mixture import GaussianMixture
 from itscale.models.markov import MarkovLM, NGramLM
+from itscale.models.masked_transformer import MaskedTransformer, masked_denoising_loss
 from itscale.models.mlp import MLP, as_fn
 from itscale.models.state_space import Filtered, LinearGaussianSSM, kalman_filter, rts_smoother
 from itscale.models.penzai_adapter import from_penzai  # imports penzai only when called

@@ -67,3 +67,19 @@ def test_quick_study_numbers_resume_and_atomic_writes(tmp_path, monkeypatch):
     assert json.loads(stored.read_text()).keys() == set(points) | {dropped}
     assert again.figures["floor"] == figures["floor"]
     assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob(".*.png"))
+
+
+def test_trained_denoiser_learns_the_exact_conditionals(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITSCALE_CACHE", str(tmp_path / "cache"))
+    cfg = TINY._replace(denoiser_steps=500, denoiser_width=32, denoiser_data=4000)
+    exact = sequences.exact_chain(cfg)
+    cached = sequences.trained_denoiser(cfg, exact)
+    assert cached.source == "missing" and cached.path.parent == tmp_path / "cache"
+    quality = sequences.denoiser_quality(cfg, exact, cached)
+    assert quality["losses"][-1] < quality["losses"][0]
+    assert quality["kl"] < 0.02                       # nats per masked position from the forward-backward law
+    floor = sequences.token_floor(cfg, exact)["tv"]
+    for k in cfg.steps:                               # the learned denoiser's samples track the exact one's
+        learned = sequences.token_point(cfg, exact, "mdlm_trained", k, lambda: cached.model)
+        assert abs(learned["tv"] - sequences.token_point(cfg, exact, "mdlm", k)["tv"]) < 2 * floor, (k, learned)
+    assert sequences.trained_denoiser(cfg, exact).source == "cache"
