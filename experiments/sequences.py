@@ -34,11 +34,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
-
 import itscale as its
-from experiments import model_cache
+from experiments import sequence_models
 from experiments.common import StudyResult, Sweep, markdown_table, save_figure
 from itscale.hybrid.exact_conditionals import markov_denoiser
 from itscale.hybrid.first_hitting import first_hitting
@@ -70,6 +67,9 @@ class StudyConfig(NamedTuple):
     denoiser_width: int = 64                 # the trained MaskedTransformer (sampler "mdlm_trained")
     denoiser_steps: int = 3000
     denoiser_data: int = 20000
+    forcing_denoisers: tuple = ("exact", "trained")   # diffusion forcing on the exact and a trained denoiser
+    ssm_denoiser_width: int = 128
+    ssm_denoiser_steps: int = 4000
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self._asdict(), sort_keys=True).encode()).hexdigest()[:12]
@@ -80,7 +80,7 @@ def config(quick: bool) -> StudyConfig:
     if not quick:
         return StudyConfig()
     return StudyConfig(length=4, samples=3000, steps=(1, 2, 4), ssm_length=3, ssm_samples=2000,
-                       levels=(2, 8), uncertainties=(0.0, 1.0), denoiser_steps=1500)
+                       levels=(2, 8), uncertainties=(0.0, 1.0), denoiser_steps=1500, ssm_denoiser_steps=2000)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,47 +158,6 @@ def token_steps(cfg: StudyConfig, name: str) -> tuple:
     return cfg.steps
 
 
-def denoiser_spec(cfg: StudyConfig) -> dict:
-    return {"vocab": cfg.vocab, "length": cfg.length, "width": cfg.denoiser_width, "depth": 2, "num_heads": 4,
-            "steps": cfg.denoiser_steps, "data": cfg.denoiser_data, "batch_size": 256, "peak_lr": 3e-3,
-            "seed": cfg.seed}
-
-
-def _build_denoiser(spec: dict) -> its.models.MaskedTransformer:
-    return its.models.MaskedTransformer(spec["vocab"], spec["length"], width=spec["width"], depth=spec["depth"],
-                                        num_heads=spec["num_heads"], rngs=nnx.Rngs(spec["seed"]))
-
-
-def trained_denoiser(cfg: StudyConfig, exact: Chain) -> model_cache.Cached:
-    """The MaskedTransformer trained with MDLM's loss on ``denoiser_data`` samples of the chain (AdamW,
-    warm-up and cosine decay), cached on disk (verified on load)."""
-    spec = denoiser_spec(cfg)
-
-    def fit():
-        model = _build_denoiser(spec)
-        data = exact.model.sample(jax.random.key(cfg.seed + 2), spec["data"], cfg.length)
-        schedule = optax.warmup_cosine_decay_schedule(0.0, spec["peak_lr"], 100, spec["steps"])
-        model, losses = its.models.train(its.models.masked_denoising_loss, model, data, optax.adamw(schedule),
-                                         spec["steps"], batch_size=spec["batch_size"], key=jax.random.key(cfg.seed + 3))
-        return model, {"epoch_losses": [float(v) for v in losses.reshape(-1, 50).mean(axis=1)]}
-
-    return model_cache.load_or_train("masked_denoiser", spec, _build_denoiser, fit)
-
-
-def denoiser_quality(cfg: StudyConfig, exact: Chain, cached: model_cache.Cached) -> dict:
-    """Mean KL(exact ‖ trained) of the conditionals at masked positions (half the positions masked, on fresh
-    chain samples), the training record and the parameter count."""
-    tokens = exact.model.sample(jax.random.key(cfg.seed + 4), 4000, cfg.length)
-    masked = jax.random.uniform(jax.random.key(cfg.seed + 5), tokens.shape) < 0.5
-    z = jnp.where(masked, cfg.vocab, tokens)
-    log_exact = jax.nn.log_softmax(markov_denoiser(exact.model, mask_id=cfg.vocab)(z, None), axis=-1)
-    log_model = jax.nn.log_softmax(cached.model(z), axis=-1)
-    kl = jnp.sum(jnp.exp(log_exact) * (log_exact - log_model), axis=-1)
-    return {"kl": float(jnp.sum(jnp.where(masked, kl, 0.0)) / jnp.sum(masked)),
-            "losses": cached.record["epoch_losses"], "seconds": cached.record["seconds"],
-            "params": model_cache.num_params(cached.model)}
-
-
 def token_point(cfg: StudyConfig, exact: Chain, name: str, steps: int, trained=None) -> dict:
     """One (sampler, steps) run of ``cfg.samples`` rows; quality and NFE per sample. ``trained()``: the
     trained denoiser (sampler ``mdlm_trained``)."""
@@ -243,14 +202,16 @@ def state_space() -> LinearGaussianSSM:
                                ("transition", "noise_cov", "initial_mean", "initial_cov")))
 
 
-def forcing_point(cfg: StudyConfig, levels: int, fraction: float) -> dict:
-    """Diffusion forcing at S = ``levels``, u = ``fraction``·S on the exact denoiser: moment errors and the
-    log-likelihood gap of ``cfg.ssm_samples`` sequences."""
+def forcing_point(cfg: StudyConfig, levels: int, fraction: float, denoiser: str = "exact", trained=None) -> dict:
+    """Diffusion forcing at S = ``levels``, u = ``fraction``·S on the exact denoiser (``denoiser="exact"``)
+    or the trained one (``"trained"``, ``trained()`` returns it): moment errors and the log-likelihood gap
+    of ``cfg.ssm_samples`` sequences."""
     with jax.enable_x64(True):
         ssm, path, m = state_space(), its.paths.linear(), cfg.ssm_length
         u = fraction * levels
         steps = pyramid_steps(levels, u, m)
-        sampler = diffusion_forcing(ssm.denoiser(path), path, levels=levels, uncertainty=u)
+        model = ssm.denoiser(path) if denoiser == "exact" else trained()
+        sampler = diffusion_forcing(model, path, levels=levels, uncertainty=u)
         key = jax.random.fold_in(jax.random.key(cfg.seed), levels)
         noise = jax.random.normal(jax.random.fold_in(key, 1), (cfg.ssm_samples, m, ssm.dim), jnp.float64)
         result = its.run(sampler, key, noise, num_steps=steps)
@@ -263,7 +224,7 @@ def forcing_point(cfg: StudyConfig, levels: int, fraction: float) -> dict:
     mean_z = float(np.max(np.abs(flat.mean(0) - mean) / np.sqrt(np.diag(cov) / n)))
     cov_err = float(np.linalg.norm(np.cov(flat.T) - cov) / np.linalg.norm(cov))
     gap = float(log_p.mean() - expected)
-    return {"levels": levels, "u_over_S": fraction, "u": u, "steps": steps,
+    return {"denoiser": denoiser, "levels": levels, "u_over_S": fraction, "u": u, "steps": steps,
             "nfe_per_sample": int(result.stats.nfe) / n, "mean_error_se": mean_z, "cov_rel_error": cov_err,
             "loglik_gap": gap, "loglik_gap_se": gap / (log_p.std() / math.sqrt(n))}
 
@@ -276,26 +237,36 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None)
     names = selected(cfg)
     out_dir = pathlib.Path(out_dir)
     token_grid = [(name, k) for name in names for k in token_steps(cfg, name)]
-    forcing_grid = [(f, s) for f in cfg.uncertainties for s in cfg.levels]
+    forcing_grid = [(d, f, s) for d in cfg.forcing_denoisers for f in cfg.uncertainties for s in cfg.levels]
+    learned_ssm = "trained" in cfg.forcing_denoisers
     learned = "mdlm_trained" in names
     sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json",
-                  total=1 + learned + len(token_grid) + len(forcing_grid))
+                  total=1 + learned + learned_ssm + len(token_grid) + len(forcing_grid))
     exact = exact_chain(cfg)
-    cached = functools.cache(lambda: trained_denoiser(cfg, exact))       # trained / loaded only if needed
+    cached = functools.cache(lambda: sequence_models.trained_denoiser(cfg, exact))   # trained / loaded if needed
     floor = sweep.get_or_compute("floor", lambda: token_floor(cfg, exact))
-    denoiser = sweep.get_or_compute("denoiser", lambda: denoiser_quality(cfg, exact, cached())) if learned else None
+    denoiser = (sweep.get_or_compute("denoiser", lambda: sequence_models.denoiser_quality(cfg, exact, cached()))
+                if learned else None)
     tokens = [sweep.get_or_compute(f"tokens|{name}|K={k}",
                                    lambda name=name, k=k: token_point(cfg, exact, name, k, lambda: cached().model))
               for name, k in token_grid]
-    forcing = [sweep.get_or_compute(f"forcing|u/S={f}|S={s}", lambda s=s, f=f: forcing_point(cfg, s, f))
-               for f, s in forcing_grid]
+    with jax.enable_x64(True):
+        ssm, path = state_space(), its.paths.linear()
+    ssm_cached = functools.cache(lambda: sequence_models.trained_ssm_denoiser(cfg, ssm, path))
+    ssm_denoiser = (sweep.get_or_compute("ssm_denoiser",
+                                         lambda: sequence_models.ssm_denoiser_error(cfg, ssm, path, ssm_cached()))
+                    if learned_ssm else None)
+    forcing = [sweep.get_or_compute(f"forcing|{d}|u/S={f}|S={s}" if d != "exact" else f"forcing|u/S={f}|S={s}",
+                                    lambda d=d, s=s, f=f: forcing_point(cfg, s, f, d, lambda: ssm_cached().model))
+               for d, f, s in forcing_grid]
     plots = [_plot_tokens(tokens, floor, out_dir), _plot_forcing(forcing, out_dir)]
-    figures = {"tokens": tokens, "floor": floor, "forcing": forcing, "entropy": exact.entropy, "denoiser": denoiser}
+    figures = {"tokens": tokens, "floor": floor, "forcing": forcing, "entropy": exact.entropy, "denoiser": denoiser,
+               "ssm_denoiser": ssm_denoiser}
     return StudyResult("Both axes: masked diffusion, AR and diffusion forcing against exact laws",
-                       _markdown(cfg, exact, floor, tokens, forcing, denoiser), figures, plots)
+                       _markdown(cfg, exact, floor, tokens, forcing, denoiser, ssm_denoiser), figures, plots)
 
 
-def _markdown(cfg, exact, floor, tokens, forcing, denoiser) -> str:
+def _markdown(cfg, exact, floor, tokens, forcing, denoiser, ssm_denoiser) -> str:
     steps = sorted({p["steps"] for p in tokens})
     rows = []
     for name in selected(cfg):
@@ -311,7 +282,8 @@ def _markdown(cfg, exact, floor, tokens, forcing, denoiser) -> str:
                                 "NFE/sample": p["nfe_per_sample"], "TV": p["tv"],
                                 "mean log p + H": p["loglik_gap"], "gap / SE": p["loglik_gap_se"],
                                 "left masked": p["masked_fraction"]} for p in tokens])
-    df_table = markdown_table([{"u/S": p["u_over_S"], "S": p["levels"], "NFE/sample": p["nfe_per_sample"],
+    df_table = markdown_table([{"denoiser": p.get("denoiser", "exact"), "u/S": p["u_over_S"], "S": p["levels"],
+                                "NFE/sample": p["nfe_per_sample"],
                                 "max abs mean err / SE": p["mean_error_se"],
                                 "‖cov err‖/‖Σ‖": p["cov_rel_error"],
                                 "log-lik gap": p["loglik_gap"], "gap / SE": p["loglik_gap_se"]}
@@ -332,7 +304,15 @@ def _markdown(cfg, exact, floor, tokens, forcing, denoiser) -> str:
         "in standard errors in the next column):", "", ll_table, "",
         f"(b) Diffusion forcing (pyramid) on the exact denoiser of a linear-Gaussian state-space model, "
         f"d = 2, M = {cfg.ssm_length} tokens, {cfg.ssm_samples} samples per point, DDPM steps (η = 1); "
-        "u/S = 0 is full-sequence diffusion, u/S = 1 autoregressive:", "", df_table])
+        "u/S = 0 is full-sequence diffusion, u/S = 1 autoregressive." + (
+            "" if ssm_denoiser is None else
+            f" Trained denoiser: an MLP on the flattened sequence and per-token time features "
+            f"({ssm_denoiser['params']} parameters) trained here as diffusion forcing trains (independent "
+            f"per-token noise levels, x̂₀ MSE) for {cfg.ssm_denoiser_steps} AdamW steps on fresh sequences in "
+            f"{ssm_denoiser['seconds']:.0f} s (loss {ssm_denoiser['losses'][0]:.3f} → {ssm_denoiser['losses'][-1]:.3f}); "
+            f"its squared error to the exact posterior mean is {ssm_denoiser['relative_error']:.2g} of the "
+            "irreducible error E‖x − E[x | z]‖²."),
+        "", df_table])
 
 
 def _plot_tokens(tokens, floor, out_dir) -> str:

@@ -4,16 +4,19 @@ its file and writes atomically."""
 
 import json
 
+import jax
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import common, sequences
+import itscale as its
+from experiments import common, sequence_models, sequences
 from itscale.models.markov import all_sequences
 
 TINY = sequences.StudyConfig(length=3, samples=3000, steps=(1, 3), ssm_length=2, ssm_samples=1500,
                              levels=(1, 8), uncertainties=(0.0, 1.0),
-                             samplers=("mdlm", "maskgit_random", "first_hitting", "ar"))
+                             samplers=("mdlm", "maskgit_random", "first_hitting", "ar"), forcing_denoisers=("exact",))
 
 
 def test_exact_law_and_bos_chain_agree_with_the_chain():
@@ -60,7 +63,7 @@ def test_quick_study_numbers_resume_and_atomic_writes(tmp_path, monkeypatch):
     common.write_json_atomic(stored, points)
     calls = []
     original = sequences.token_point
-    monkeypatch.setattr(sequences, "token_point", lambda *a: calls.append(a[2:]) or original(*a))
+    monkeypatch.setattr(sequences, "token_point", lambda *a: calls.append(a[2:4]) or original(*a))
     monkeypatch.setattr(sequences, "forcing_point", lambda *a: (_ for _ in ()).throw(AssertionError("rerun")))
     again = sequences.study(tmp_path, quick=True, cfg=TINY)
     assert calls == [("mdlm", 3)]
@@ -73,13 +76,27 @@ def test_trained_denoiser_learns_the_exact_conditionals(tmp_path, monkeypatch):
     monkeypatch.setenv("ITSCALE_CACHE", str(tmp_path / "cache"))
     cfg = TINY._replace(denoiser_steps=500, denoiser_width=32, denoiser_data=4000)
     exact = sequences.exact_chain(cfg)
-    cached = sequences.trained_denoiser(cfg, exact)
+    cached = sequence_models.trained_denoiser(cfg, exact)
     assert cached.source == "missing" and cached.path.parent == tmp_path / "cache"
-    quality = sequences.denoiser_quality(cfg, exact, cached)
+    quality = sequence_models.denoiser_quality(cfg, exact, cached)
     assert quality["losses"][-1] < quality["losses"][0]
     assert quality["kl"] < 0.02                       # nats per masked position from the forward-backward law
     floor = sequences.token_floor(cfg, exact)["tv"]
     for k in cfg.steps:                               # the learned denoiser's samples track the exact one's
         learned = sequences.token_point(cfg, exact, "mdlm_trained", k, lambda: cached.model)
         assert abs(learned["tv"] - sequences.token_point(cfg, exact, "mdlm", k)["tv"]) < 2 * floor, (k, learned)
-    assert sequences.trained_denoiser(cfg, exact).source == "cache"
+    assert sequence_models.trained_denoiser(cfg, exact).source == "cache"
+
+
+def test_trained_sequence_denoiser_approaches_the_posterior_mean(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITSCALE_CACHE", str(tmp_path / "cache"))
+    cfg = TINY._replace(ssm_denoiser_steps=1000, ssm_denoiser_width=64)
+    with jax.enable_x64(True):
+        ssm, path = sequences.state_space(), its.paths.linear()
+    cached = sequence_models.trained_ssm_denoiser(cfg, ssm, path)
+    quality = sequence_models.ssm_denoiser_error(cfg, ssm, path, cached)
+    assert quality["losses"][-1] < 0.6 * quality["losses"][0]
+    assert quality["relative_error"] < 0.05          # of the irreducible error E|x - E[x|z]|^2
+    gaps = [sequences.forcing_point(cfg, levels, 0.0, "trained", lambda: cached.model)["loglik_gap"]
+            for levels in (1, 8)]
+    assert abs(gaps[1]) < 0.7 * abs(gaps[0]), gaps  # more refinement steps still help with the learned model
