@@ -148,6 +148,38 @@ def load_models(cfg: StudyConfig) -> Models:
     return Models(scaling, digits.classifier, digits.data)
 
 
+def model_summary(models: Models) -> dict:
+    """Per scaling model: parameters, training seconds, loss per epoch and its held-out metrics."""
+    return {name: {"params": t.num_params, "seconds": t.seconds, "losses": np.asarray(t.epoch_losses),
+                   "metrics": {k: v for k, v in t.metrics.items() if not isinstance(v, (list, dict))}}
+            for name, t in zip(models.scaling._fields, models.scaling)}
+
+
+def model_rows(summary: dict) -> list[dict]:
+    return [{"model": name, "parameters": m["params"], "training s": m["seconds"],
+             "epochs": len(m["losses"]), "first loss": float(m["losses"][0]), "final loss": float(m["losses"][-1]),
+             "held out": ", ".join(f"{k} {v:.4g}" for k, v in m["metrics"].items()) or "-"}
+            for name, m in ((n, summary[n]) for n in sm.ScalingModels._fields)]    # stored JSON sorts keys
+
+
+def _plot_models(summary: dict, out_dir: pathlib.Path) -> str:
+    import matplotlib.pyplot as plt
+
+    groups = {"arithmetic LMs": ("lm_small", "lm_large"), "digits flows": ("flow_small", "flow_large"),
+              "outcome verifier": ("verifier",)}
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, (title, names) in zip(axes, groups.items()):
+        for name in names:
+            losses = np.asarray(summary[name]["losses"], float)
+            ax.plot(np.arange(1, len(losses) + 1), losses, label=f"{name} ({summary[name]['params']:,} params)")
+        ax.set(yscale="log", xlabel="epoch", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("training loss")
+    fig.tight_layout()
+    return save_figure(fig, out_dir / f"{NAME}_training.png")
+
+
 # ------------------------------------------------------------------------------------------ measurement
 
 def unrolled_program(sampler: its.Sampler, num_steps: int) -> Callable:
@@ -880,7 +912,8 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
     out_dir = pathlib.Path(out_dir)
     get = functools.cache(lambda: models() if callable(models) else models if models is not None
                           else load_models(cfg))
-    tasks = [("cost|refinement", lambda: cost_axis(get(), cfg, "refinement")),
+    tasks = [("models", lambda: model_summary(get())),
+             ("cost|refinement", lambda: cost_axis(get(), cfg, "refinement")),
              ("cost|tokens", lambda: cost_axis(get(), cfg, "tokens")),
              ("cost|particles", lambda: cost_axis(get(), cfg, "particles")),
              ("power|solver", lambda: solver_errors(cfg)),
@@ -892,7 +925,7 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
              ("adaptive|depth_width", lambda: depth_width(get(), cfg))]
     sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json", total=len(tasks) + 1)    # + the executed plans
     data = {key: sweep.get_or_compute(key, fn) for key, fn in tasks}
-    plots = []
+    plots = [_plot_models(data["models"], out_dir)]
 
     # 1. linear cost
     axes = [data[f"cost|{a}"] for a in ("refinement", "tokens", "particles")]
@@ -953,6 +986,11 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
     markdown = "\n".join([
         "Headline (each claim measured below; `holds` is the verdict of its section):", "",
         markdown_table(headline), "",
+        "### Models", "",
+        "Trained here with optax and Flax NNX, deterministically, cached on disk and verified on load "
+        "(`experiments/scaling_models.py`; the LMs' held-out metric is greedy accuracy, the flows' the held-out "
+        "flow-matching loss, the verifier's accuracy and AUC); loss curves in the first figure:", "",
+        markdown_table(model_rows(data["models"])), "",
         "### 1. Linear cost", "",
         "FLOPs: XLA's cost analysis of the unrolled program (init, n steps, finalize); wall clock: median of "
         f"{cfg.cost_repeats} runs of the compiled `its.run` after a warm-up. Refinement: Euler ODE of the small "
@@ -1025,7 +1063,7 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None,
         f"{cfg.depth_width_queries} queries; width candidates run in parallel, steps in sequence):", "",
         markdown_table(data["adaptive|depth_width"], DEPTH_WIDTH_COLUMNS),
     ])
-    figures = {"headline": headline, "linear_cost": {"axes": axes, "fits": cost_fits, "table": cost_table},
+    figures = {"headline": headline, "models": model_rows(data["models"]), "linear_cost": {"axes": axes, "fits": cost_fits, "table": cost_table},
                "power_law": {"fits": fits,
                              "table": law_table, "coverage": cov_rows,
                              "coverage_law": None if cov_law is None else cov_law._asdict()},

@@ -87,6 +87,8 @@ def test_study_sections_headline_and_resume(tmp_path, models):
     assert _finite([r["FLOPs R²"] for r in result.figures["linear_cost"]["table"]])
     for plot in result.plots:
         assert (tmp_path / "out" / plot).stat().st_size > 0
+    assert [r["model"] for r in result.figures["models"]] == list(scaling.sm.ScalingModels._fields)
+    assert "### Models" in result.markdown
     runs = {r["plan"]: r for r in result.figures["adaptive"]["telemetry"]["runs"]}
     assert set(runs) == {"adaptive", "uniform"}
     for run in runs.values():        # exact buckets: the compiled program ran the allocated candidates only
