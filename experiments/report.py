@@ -83,7 +83,7 @@ def render(results: list[StudyResult], quick: bool) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--full", action="store_true", help="larger sweeps (about an hour on 2 cores)")
+    parser.add_argument("--full", action="store_true", help="larger sweeps (about 40 minutes on 2 cores)")
     parser.add_argument("--only", nargs="*", help="study module names (suffixes) to run")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results"))
     args = parser.parse_args(argv)
