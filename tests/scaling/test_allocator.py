@@ -12,6 +12,7 @@ import itscale as its
 from itscale.core.run import _run
 from itscale.scaling.allocator import (AllocatedQueries, allocate, allocated_search, masked_select,
                                        plan_allocation, uniform_allocation, width_buckets)
+from itscale.scaling.difficulty import quantile_tiers
 from itscale.search.voting import NO_ANSWER
 
 jax.config.update("jax_enable_x64", True)
@@ -265,3 +266,15 @@ def test_uniform_ignores_empty_tiers():
     assert (int(uniform.option[0]), int(uniform.width[0])) == (0, 4)
     expected = (3 * (1 - 0.1**4) + 5 * (1 - 0.9**4)) / 8
     assert uniform.expected_accuracy == pytest.approx(expected, rel=1e-14)
+
+
+def test_equal_difficulties_reduce_the_plan_to_uniform_allocation():
+    tiers = np.asarray(quantile_tiers(jnp.full(12, 0.25), 3))
+    assert np.all(tiers == 0)                                  # equal estimates: one tier
+    accuracy = _curves()[1:2]                                  # the curves of that tier
+    sizes = np.array([12])
+    for budget in (12, 30, 48, 96, 200):
+        plan = plan_allocation(accuracy, WIDTHS, NFE_PER_WIDTH, sizes, budget)
+        uniform = uniform_allocation(accuracy, WIDTHS, NFE_PER_WIDTH, sizes, budget)
+        assert (plan.option.tolist(), plan.width.tolist()) == (uniform.option.tolist(), uniform.width.tolist())
+        assert plan.expected_accuracy == uniform.expected_accuracy and plan.total_nfe <= budget

@@ -1,6 +1,8 @@
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 
 from itscale import scaling
 
@@ -29,3 +31,29 @@ def test_compute_matched_multiplier_equalises_total_flops():
     assert scaling.matched_inference_multiplier(1.0, d_pre, d_inf) == 1.0
     with pytest.raises(ValueError, match="size_ratio"):
         scaling.matched_inference_multiplier(0.5, d_pre, d_inf)
+
+
+def test_fit_power_law_recovers_known_exponents_from_synthetic_data():
+    compute = np.geomspace(10, 1e5, 12)
+    exact = scaling.fit_power_law(compute, 3.0 * compute ** -0.7)
+    assert (exact.a, exact.b) == (pytest.approx(3.0, rel=1e-9), pytest.approx(0.7, rel=1e-9))
+    noise = np.exp(0.02 * np.random.default_rng(0).standard_normal(compute.size))
+    noisy = scaling.fit_power_law(compute, 3.0 * compute ** -0.7 * noise)
+    assert noisy.b == pytest.approx(0.7, abs=0.02)
+    floored = scaling.fit_power_law(compute, 2.0 * compute ** -1.2 + 0.05, offset=True)
+    assert (floored.b, floored.c) == (pytest.approx(1.2, rel=1e-3), pytest.approx(0.05, rel=1e-3))
+    with_nan = scaling.fit_power_law(np.append(compute, 7.0), np.append(3.0 * compute ** -0.7, np.nan))
+    assert with_nan.b == pytest.approx(0.7, rel=1e-9)                  # non-finite points are ignored
+
+
+def test_xla_flops_of_a_transformer_block_match_a_hand_count():
+    from itscale.models.masked_transformer import _Block
+
+    batch, length, width = 2, 16, 128
+    block = _Block(width, num_heads=4, rngs=nnx.Rngs(0))
+    x = jnp.ones((batch, length, width))
+    graphdef, state = nnx.split(block)
+    measured = scaling.flops_per_call(lambda s, v: nnx.merge(graphdef, s)(v), state, x)
+    # projections 2·B·L·W·(3W + W), MLP 2·B·L·W·4W·2, scores and weighted sum 2·(2·B·L·L·W)
+    matmuls = 2 * batch * length * width * (4 * width + 8 * width) + 4 * batch * length * length * width
+    assert measured == pytest.approx(matmuls, rel=0.05)         # the rest: norms, softmax, GELU
