@@ -15,7 +15,8 @@ sampler does.
 * :func:`categorical`, :func:`gumbel_noise`: Gumbel-max draws from 64 random bits, unbiased in float32.
 * masking schedules α(t): :func:`mask_schedule` (``"log-linear"``, ``"cosine"``).
 * continuous sequences with per-token noise levels (:mod:`itscale.hybrid.sequence_diffusion`):
-  :func:`diffusion_forcing` (pyramid schedule), :func:`rolling_diffusion`, :func:`ar_diffusion`; exact
+  :func:`diffusion_forcing` (pyramid schedule), :func:`rolling_diffusion`, :func:`ar_diffusion`,
+  :func:`mar` (masked autoregressive, a per-token diffusion in any order); exact
   ground truth in :class:`itscale.models.LinearGaussianSSM`.
 * loops nested both ways (:mod:`itscale.hybrid.nest`): :func:`sequence_outer` (each block produced by an
   inner refinement sampler: blockwise diffusion, MAR), :func:`refinement_outer` (each sweep a sequence
@@ -32,11 +33,11 @@ from itscale.hybrid.masked_diffusion import mdlm, remdm
 from itscale.hybrid.maskgit import maskgit
 from itscale.hybrid.nest import Refined, refinement_outer, sequence_outer, sequence_pass
 from itscale.hybrid.sequence_diffusion import (SequenceState, ar_diffusion, ar_diffusion_times, diffusion_forcing,
-                                             pyramid_levels, pyramid_steps, rolling_diffusion)
+                                             mar, mar_times, pyramid_levels, pyramid_steps, rolling_diffusion)
 
 __all__ = [
     "COSINE", "LOG_LINEAR", "MaskSchedule", "MaskedGeneration", "MaskedState", "Refined", "SequenceState",
     "ar_diffusion", "ar_diffusion_times", "categorical", "diffusion_forcing", "first_hitting",
-    "gumbel_noise", "markov_denoiser", "mask_schedule", "maskgit", "mdlm", "pyramid_levels",
+    "gumbel_noise", "mar", "mar_times", "markov_denoiser", "mask_schedule", "maskgit", "mdlm", "pyramid_levels",
     "pyramid_steps", "refinement_outer", "remdm", "rolling_diffusion", "sequence_outer", "sequence_pass"
 ]

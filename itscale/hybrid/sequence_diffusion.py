@@ -21,6 +21,10 @@ a token with s = t is left as it is. η (``params["eta"]``, traced) is 1 for the
   the front token is finished and a pure-noise token enters; the sequence starts with the window
   entering the all-noise sequence. It is the pyramid with S = nW, u = n:
   ``num_steps = n·(W + M − 1)``.
+* :func:`mar` (Li et al. 2024, arXiv 2406.11838, masked autoregressive generation with a per-token
+  diffusion): tokens in a given order (MAR draws a random one), ``tokens_per_step`` at a time, each group
+  refined from t = 1 to 0 by n steps while the finished tokens are clean and the rest pure noise; left to
+  right one token at a time it is the autoregressive pyramid (u = S = n).
 * :func:`ar_diffusion` (Wu et al. 2023, arXiv 2305.09515, sec. 3): token n = m + 1 of N = M has time
   f(n, τ) = clip(t_s + (1 − t_s)(n − n_s)/(2N − n_s), 0, 1) on the line through the moving start point
   (n_s, t_s) = (max(N − τ, 0), max(τ − N, 0)) and the anchor (n_e, t_e) = (2N, 1), with sentence time
@@ -82,6 +86,22 @@ def ar_diffusion_times(num_steps: int, length: int) -> np.ndarray:
     n_start, t_start = np.maximum(n_tokens - tau, 0.0), np.maximum(tau - n_tokens, 0.0)
     n = np.arange(1, length + 1)[None, :]
     return np.clip(t_start + (1.0 - t_start) * (n - n_start) / (2 * n_tokens - n_start), 0.0, 1.0)
+
+
+def mar_times(order, steps_per_token: int, tokens_per_step: int = 1) -> np.ndarray:
+    """MAR's per-token times (module docstring), (K·n + 1, M) for K = ⌈M / tokens_per_step⌉ groups of
+    ``order`` and n = ``steps_per_token``: group k runs from t = 1 to 0 over steps k·n … (k + 1)·n, earlier
+    groups are clean and later ones pure noise."""
+    order = np.asarray(order)
+    length = order.size
+    if order.ndim != 1 or order.dtype.kind not in "iu" or sorted(order.tolist()) != list(range(length)):
+        raise ValueError(f"order must be a permutation of 0 … M − 1 (the tokens' generation order), got "
+                         f"{order.tolist()}")
+    n = checks.positive_int("steps_per_token", steps_per_token)
+    group = np.empty(length, np.int64)
+    group[order] = np.arange(length) // checks.positive_int("tokens_per_step", tokens_per_step)
+    rows = np.arange((group.max() + 1) * n + 1)[:, None]
+    return np.clip(((group[None, :] + 1) * n - rows) / n, 0.0, 1.0)
 
 
 def _check_steps(num_steps: int, required: int, how: str) -> None:
@@ -174,3 +194,24 @@ def ar_diffusion(denoiser_fn: Callable, path: Path) -> Sampler:
     """AR-diffusion (Wu et al. 2023): earlier tokens less noisy on a moving line of per-token times
     (module docstring); any ``num_steps``."""
     return scheduled(denoiser_fn, path, ar_diffusion_times)
+
+
+@takes_models
+def mar(denoiser_fn: Callable, path: Path, *, steps_per_token: int, order=None, tokens_per_step: int = 1) -> Sampler:
+    """Masked autoregressive generation (Li et al. 2024, MAR) of continuous tokens: groups of
+    ``tokens_per_step`` tokens in ``order`` (a static permutation, e.g. a random one; default left to right),
+    each group refined by ``steps_per_token`` diffusion steps given the finished ones (module docstring);
+    run with ``num_steps = steps_per_token · ⌈M / tokens_per_step⌉``."""
+    n = checks.positive_int("steps_per_token", steps_per_token)
+    size = checks.positive_int("tokens_per_step", tokens_per_step)
+    if order is not None:
+        mar_times(order, n, size)                       # a bad order raises here, before any compute
+
+    def schedule(num_steps, length):
+        times = mar_times(np.arange(length) if order is None else order, n, size)
+        if times.shape[1] != length:
+            raise ValueError(f"order has {times.shape[1]} tokens but the sequence has M={length}")
+        _check_steps(num_steps, len(times) - 1, f"steps_per_token * ceil(M / tokens_per_step) with M={length}")
+        return times
+
+    return scheduled(denoiser_fn, path, schedule)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import itscale as its
-from itscale.hybrid.sequence_diffusion import (ar_diffusion, ar_diffusion_times, diffusion_forcing, pyramid_levels,
-                                               pyramid_steps, rolling_diffusion)
+from itscale.hybrid.sequence_diffusion import (ar_diffusion, ar_diffusion_times, diffusion_forcing, mar, mar_times,
+                                               pyramid_levels, pyramid_steps, rolling_diffusion)
 from itscale.models.state_space import LinearGaussianSSM
 
 jax.config.update("jax_enable_x64", True)
@@ -75,6 +75,22 @@ def test_ar_diffusion_times_run_from_noise_to_data_earlier_tokens_first():
     assert np.any(np.diff(times[1:-1], axis=1) > 0)
 
 
+def test_mar_left_to_right_is_the_autoregressive_pyramid_and_groups_follow_the_order():
+    np.testing.assert_array_equal(mar_times(np.arange(M), 3), pyramid_levels(3, 3, M) / 3)
+    times = mar_times((2, 0, 3, 1), 2, tokens_per_step=2)
+    assert times.shape == (2 * 2 + 1, M)
+    np.testing.assert_array_equal(times[2], [0.0, 1.0, 0.0, 1.0])      # tokens 2 and 0 done, 3 and 1 untouched
+    moving = np.diff(times, axis=0) != 0
+    np.testing.assert_array_equal(moving[:2], [[True, False, True, False]] * 2)
+    for bad in ((0, 1, 1, 3), (1, 2, 3), np.array([0.0, 1.0, 2.0, 3.0])):
+        with pytest.raises(ValueError, match="order must be a permutation"):
+            mar(DENOISER, PATH, steps_per_token=2, order=bad)
+    with pytest.raises(ValueError, match="order has 3 tokens"):
+        its.run(mar(DENOISER, PATH, steps_per_token=2, order=(2, 0, 1)), jax.random.key(0), NOISE[:4], num_steps=6)
+    with pytest.raises(ValueError, match="num_steps must be 8"):
+        its.run(mar(DENOISER, PATH, steps_per_token=2), jax.random.key(0), NOISE[:4], num_steps=7)
+
+
 def test_full_sequence_forcing_is_ddpm_on_the_flat_sequence():
     steps = 20
     ours = its.run(diffusion_forcing(DENOISER, PATH, levels=steps, uncertainty=0), jax.random.key(1), NOISE,
@@ -93,6 +109,7 @@ SAMPLERS = {
     "autoregressive": lambda s: (diffusion_forcing(DENOISER, PATH, levels=s, uncertainty=s), s * M),
     "rolling": lambda s: (rolling_diffusion(DENOISER, PATH, window=2, steps_per_token=s // 2), s // 2 * (M + 1)),
     "ar-diffusion": lambda s: (ar_diffusion(DENOISER, PATH), 2 * s),
+    "mar": lambda s: (mar(DENOISER, PATH, steps_per_token=s // 2, order=(2, 0, 3, 1), tokens_per_step=2), s),
 }
 
 
