@@ -20,7 +20,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from itscale.core import counting
+from itscale.core import checks, counting
 from itscale.core.sampler import Sampler
 from itscale.core.weights import takes_models
 from itscale.paths.path import Path, expand_time
@@ -32,9 +32,7 @@ from itscale.refine.sde import SDEState, check_noise
 @takes_models
 def consistency(consistency_fn: Callable, path: Path, *, grid="uniform") -> Sampler:
     """Multistep consistency sampling with ``consistency_fn(x_t, t) -> x₀`` on ``path`` (module docstring)."""
-    if not callable(consistency_fn):
-        raise TypeError(f"consistency_fn must be a callable consistency_fn(x_t, t) -> x0, got "
-                        f"{type(consistency_fn).__name__}")
+    checks.function("consistency_fn", consistency_fn, "consistency_fn(x_t, t) -> x0")
     if not isinstance(path, Path):
         raise TypeError(f"path must be an itscale.paths.Path (e.g. its.paths.linear()), got {type(path).__name__}")
     f = counting.counted(consistency_fn)

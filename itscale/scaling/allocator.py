@@ -331,12 +331,13 @@ def allocated_search(sampler: Sampler, reward_fn: Callable, *, max_width: int,
         if not isinstance(x, AllocatedQueries):
             raise TypeError(f"allocated_search runs on AllocatedQueries(queries, width, option), got "
                             f"{type(x).__name__}")
+        hosts = {}
         for name, value, high in (("width", x.width, width_max), ("option", x.option, len(rules) - 1)):
-            host = checks.concrete(value)
+            host = hosts[name] = checks.concrete(value)
             low = 1 if name == "width" else 0
             if host is not None and (host.dtype.kind not in "iu" or np.any((host < low) | (host > high))):
                 raise ValueError(f"x.{name} must be ints in [{low}, {high}], got {host.tolist()}")
-        host = checks.concrete(x.width)
+        host = hosts["width"]
         if buckets is not None and host is not None:
             dropped = int(jnp.sum(_bucket_layout(buckets, jnp.asarray(host, jnp.int32), width_max).slot_width == 0))
             if dropped:
@@ -367,11 +368,11 @@ def allocated_search(sampler: Sampler, reward_fn: Callable, *, max_width: int,
             raise ValueError(f"reward_fn must return scores of shape (rows,) = ({rows},) for the {rows} rows "
                              f"the buckets run, got shape {jnp.shape(scores)}")
         row = state.layout.candidate_row
-        active = jnp.arange(width_max) < jnp.minimum(state.width, state.layout.slot_width)[:, None]
+        width = jnp.where(state.layout.slot_width > 0, state.width, 0)       # a dropped query has none
+        active = jnp.arange(width_max) < width[:, None]
         scores = scores[row]
         invalid = jnp.sum(active & is_invalid(scores), dtype=jnp.int32)
         answers = None if answer_fn is None else jnp.asarray(answer_fn(outputs))[row]
-        width = jnp.where(state.layout.slot_width > 0, state.width, 0)
         chosen = masked_select(scores, width, state.option, rules=rules, answers=answers)
         masked = jnp.where(active, invalid_as_impossible(scores), -jnp.inf)
         candidates = jax.tree.map(lambda a: a[row], outputs)
