@@ -34,6 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 import itscale as its
 from experiments import sequence_models
 from experiments.common import StudyResult, Sweep, markdown_table, save_figure
@@ -256,7 +257,7 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None)
     ssm_denoiser = (sweep.get_or_compute("ssm_denoiser",
                                          lambda: sequence_models.ssm_denoiser_error(cfg, ssm, path, ssm_cached()))
                     if learned_ssm else None)
-    forcing = [sweep.get_or_compute(f"forcing|{d}|u/S={f}|S={s}" if d != "exact" else f"forcing|u/S={f}|S={s}",
+    forcing = [sweep.get_or_compute(f"forcing|{d}|u/S={f}|S={s}",
                                     lambda d=d, s=s, f=f: forcing_point(cfg, s, f, d, lambda: ssm_cached().model))
                for d, f, s in forcing_grid]
     plots = [_plot_tokens(tokens, floor, out_dir), _plot_forcing(forcing, out_dir)]
@@ -282,7 +283,7 @@ def _markdown(cfg, exact, floor, tokens, forcing, denoiser, ssm_denoiser) -> str
                                 "NFE/sample": p["nfe_per_sample"], "TV": p["tv"],
                                 "mean log p + H": p["loglik_gap"], "gap / SE": p["loglik_gap_se"],
                                 "left masked": p["masked_fraction"]} for p in tokens])
-    df_table = markdown_table([{"denoiser": p.get("denoiser", "exact"), "u/S": p["u_over_S"], "S": p["levels"],
+    df_table = markdown_table([{"denoiser": p["denoiser"], "u/S": p["u_over_S"], "S": p["levels"],
                                 "NFE/sample": p["nfe_per_sample"],
                                 "max abs mean err / SE": p["mean_error_se"],
                                 "‖cov err‖/‖Σ‖": p["cov_rel_error"],
