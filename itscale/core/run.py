@@ -27,6 +27,12 @@ from itscale.core.weights import binding
 MAX_STEPS = 2 ** 31 - 2
 """Largest ``num_steps``: step indices are int32."""
 
+KEY_TABLE_STEPS = 2 ** 20
+"""Up to this many steps, the keys of all steps are derived before the loop in one vectorised call (8
+bytes a step) and the loop reads its step's key; a longer run derives each key inside its step. The keys
+are the same either way; the table spares each step the rounds of the hash (a dozen small kernels that
+cost a CPU loop of a small network about 15% of its time)."""
+
 
 class SaveAt(NamedTuple):
     """What ``run`` records: ``fn(state)`` (default: the state) after every ``every``-th step."""
@@ -304,26 +310,30 @@ def _loop(sampler: Sampler, num_steps: int, save: SaveAt | None, key, x, params)
         state = init_state(sampler, init_key, x, params, start_context(num_steps))
     tally = _Tally.zeros(watched(sampler, state)).add_counts(led.totals())
 
-    def one_step(state, step):
+    all_steps = jnp.arange(num_steps, dtype=jnp.int32)
+    key_table = (jax.vmap(lambda step: step_key(loop_key, step))(all_steps)
+                 if num_steps <= KEY_TABLE_STEPS else None)
+
+    def one_step(state, step, key):
         with counting.ledger() as led:
-            state, info = sampler.step(step_key(loop_key, step), state, StepContext(step, num_steps), params)
+            state, info = sampler.step(key, state, StepContext(step, num_steps), params)
         return state, info, led.totals()
 
-    def body(carry, step):
-        state, tally = carry
-        state, info, counts = one_step(state, step)
+    def body(carry, step_and_key):
+        (state, tally), (step, key) = carry, step_and_key
+        state, info, counts = one_step(state, step, step_key(loop_key, step) if key is None else key)
         return (state, tally.add_counts(counts).add_state(watched(sampler, state), step)), info
 
     def steps(carry, start, length):
         """``length`` steps from ``start``; returns the carry and the last step's info."""
-        carry, infos = lax.scan(body, carry, start + jnp.arange(length, dtype=jnp.int32))
+        keys = None if key_table is None else lax.dynamic_slice_in_dim(key_table, start, length)
+        carry, infos = lax.scan(body, carry, (start + jnp.arange(length, dtype=jnp.int32), keys))
         return carry, jax.tree.map(lambda a: a[-1], infos)
 
     carry = (state, tally)
     recorded = None
     if save is None:
-        carry = lax.scan(lambda c, s: (body(c, s)[0], None), carry,
-                         jnp.arange(num_steps, dtype=jnp.int32))[0]
+        carry = lax.scan(lambda c, s: (body(c, s)[0], None), carry, (all_steps, key_table))[0]
     else:
         # Blocks of ``every`` steps, recording after each; the infos of a block are transient.
         k, num_records = save.every, num_steps // save.every

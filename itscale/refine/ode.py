@@ -164,5 +164,11 @@ def ode(velocity_fn: Callable, solver: str | Solver | Tableau = "euler", grid="u
         new_state, info = spec.step(model, state, clock, key, params)
         return round_like(key, new_state, state), info
 
-    return Sampler(init, step, lambda state: state.x, spec.params, prior=noise_prior(path, grid),
+    return Sampler(init, step, _state_x, spec.params, watch=_state_x, prior=noise_prior(path, grid),
                    validate=_check_params, nfe_per_step=spec.nfe_per_step)
+
+
+def _state_x(state):
+    """The sample. It is also all that ``its.run`` watches for non-finite values: every model output a
+    multistep solver keeps enters the same step's update of x, so a non-finite one shows there."""
+    return state.x

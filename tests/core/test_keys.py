@@ -1,6 +1,8 @@
 """``as_key``: a raw uint32[2] key becomes a typed key with the same bits, so every key a sampler sees
 is typed (resampling tells random streams from data by dtype) and results do not change."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,3 +61,20 @@ def test_raw_keys_give_the_same_bits_as_typed_ones():
         raw = its.run(sampler, jax.random.PRNGKey(3), x, num_steps=4).output
         typed = its.run(sampler, jax.random.key(3), x, num_steps=4).output
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b, err_msg=name), raw, typed)
+
+
+@pytest.mark.parametrize("trace", [None, 2])
+def test_the_key_table_gives_each_step_the_key_of_fold_in(monkeypatch, trace):
+    """Step i gets fold_in(loop key, i) whether the keys come from the table derived before the loop or
+    are derived inside each step (runs longer than KEY_TABLE_STEPS), with and without recording."""
+    run_module = importlib.import_module("itscale.core.run")
+    loop_key = jax.random.split(jax.random.key(3))[1]
+    seen = its.Sampler(lambda key, x, params: x, lambda key, x, ctx, params: (
+        x.at[:, ctx.step].set(jax.random.key_data(key)), {}), lambda x: x, None)
+    x = jnp.zeros((1, 5, 2), jnp.uint32)
+    tabled = its.run(seen, jax.random.key(3), x, num_steps=5, trace=trace).output
+    monkeypatch.setattr(run_module, "KEY_TABLE_STEPS", 0)
+    derived = its.run(seen, jax.random.key(3), x, num_steps=5, trace=trace).output
+    expected = jnp.stack([jax.random.key_data(jax.random.fold_in(loop_key, i)) for i in range(5)])
+    np.testing.assert_array_equal(tabled[0], expected)
+    np.testing.assert_array_equal(derived[0], expected)

@@ -138,3 +138,15 @@ def test_model_output_shape_and_dtype_are_checked_before_compute():
         its.run(its.refine.ode(lambda x, t: x[:, :1]), jax.random.key(0), x32(), num_steps=2)
     with pytest.raises(TypeError, match="velocity_fn returned dtype"):
         its.run(its.refine.ode(lambda x, t: x.astype(jnp.float16)), jax.random.key(0), x32(), num_steps=2)
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpm_solver_pp_2m", "unipc", "deis_2", "deis_3"])
+def test_a_nonfinite_model_output_is_counted_at_its_step_by_the_multistep_solvers(solver):
+    """``its.run`` watches only x of an ODE state; a model output that is non-finite at one step (t = 0.5,
+    step 2 of 4) reaches x in that step, also for the solvers that keep it in their history."""
+    def velocity(x, t):
+        return jnp.where(jnp.abs(t - 0.5) < 0.1, jnp.nan, -x * (1.0 + t))
+
+    result = its.run(its.refine.ode(velocity, solver, path=its.paths.linear()), jax.random.key(0), x32((4, 2)),
+                     num_steps=4)
+    assert int(result.stats.first_nonfinite_step) == 2 and int(result.stats.nonfinite) > 0
