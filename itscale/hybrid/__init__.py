@@ -11,6 +11,8 @@ sampler does.
   (Wang et al. 2025), cap / rescale / loop schedules.
 * :func:`first_hitting`: one token per step at its sampled hitting time (Zheng et al. 2024).
 * :func:`maskgit`: MaskGIT confidence decoding (Chang et al. 2022).
+* :func:`var`: next-scale prediction (Tian et al. 2024), token maps coarse to fine; exact ground truth in
+  :class:`itscale.models.ScaleTree`.
 * :func:`markov_denoiser`: the perfect denoiser of a Markov chain (forward–backward): exact ground truth.
 * :func:`categorical`, :func:`gumbel_noise`: Gumbel-max draws from 64 random bits, unbiased in float32.
 * masking schedules α(t): :func:`mask_schedule` (``"log-linear"``, ``"cosine"``).
@@ -21,7 +23,9 @@ sampler does.
 * loops nested both ways (:mod:`itscale.hybrid.nest`): :func:`sequence_outer` (each block produced by an
   inner refinement sampler: blockwise diffusion, MAR), :func:`refinement_outer` (each sweep a sequence
   pass: Jacobi, MaskGIT), :func:`sequence_pass`; ``docs/hybrid.md`` maps the seed's model classes to
-  compositions.
+  compositions; :func:`distribution_smoothing` (AR distribution smoothing: each level of a smoothed
+  sequence drawn by an AR pass given the coarser one; exact ground truth in
+  :class:`itscale.models.SmoothedSSM`).
 """
 
 from itscale.hybrid.exact_conditionals import markov_denoiser
@@ -34,10 +38,12 @@ from itscale.hybrid.maskgit import maskgit
 from itscale.hybrid.nest import Refined, refinement_outer, sequence_outer, sequence_pass
 from itscale.hybrid.sequence_diffusion import (SequenceState, ar_diffusion, ar_diffusion_times, diffusion_forcing,
                                              mar, mar_times, pyramid_levels, pyramid_steps, rolling_diffusion)
+from itscale.hybrid.smoothing import Smoothed, distribution_smoothing, smoothing_pass
+from itscale.hybrid.var import var
 
 __all__ = [
-    "COSINE", "LOG_LINEAR", "MaskSchedule", "MaskedGeneration", "MaskedState", "Refined", "SequenceState",
-    "ar_diffusion", "ar_diffusion_times", "categorical", "diffusion_forcing", "first_hitting",
+    "COSINE", "LOG_LINEAR", "MaskSchedule", "MaskedGeneration", "MaskedState", "Refined", "SequenceState", "Smoothed",
+    "ar_diffusion", "ar_diffusion_times", "categorical", "diffusion_forcing", "distribution_smoothing", "first_hitting",
     "gumbel_noise", "mar", "mar_times", "markov_denoiser", "mask_schedule", "maskgit", "mdlm", "pyramid_levels",
-    "pyramid_steps", "refinement_outer", "remdm", "rolling_diffusion", "sequence_outer", "sequence_pass"
+    "pyramid_steps", "refinement_outer", "remdm", "rolling_diffusion", "sequence_outer", "sequence_pass", "smoothing_pass", "var"
 ]

@@ -8,8 +8,6 @@ gap to −½ d M (1 + log 2π) − ½ log det Σ shrinks), and at the largest bu
 errors, for the full-sequence, autoregressive and rolling schedules and AR-diffusion.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +17,7 @@ import itscale as its
 from itscale.hybrid.sequence_diffusion import (ar_diffusion, ar_diffusion_times, diffusion_forcing, mar, mar_times,
                                                pyramid_levels, pyramid_steps, rolling_diffusion)
 from itscale.models.state_space import LinearGaussianSSM
+from tests.hybrid.gaussian_law import gaussian_discrepancy
 
 jax.config.update("jax_enable_x64", True)
 
@@ -29,18 +28,12 @@ PATH = its.paths.linear()
 DENOISER = SSM.denoiser(PATH)
 MEAN = np.asarray(SSM.mean(M)).reshape(-1)
 COV = np.asarray(SSM.covariance(M))
-EXPECTED = float(SSM.expected_log_prob(M))
 NOISE = jax.random.normal(jax.random.key(0), (N, M, D), jnp.float64)
 
 
 def discrepancy(x):
-    """(max |mean error| / SE, max |cov error| / SE, log-likelihood gap / SE) of samples ``x``."""
-    flat = np.asarray(x).reshape(len(x), -1)
-    mean_z = np.max(np.abs(flat.mean(0) - MEAN) / np.sqrt(np.diag(COV) / len(x)))
-    cov_se = np.sqrt((np.outer(np.diag(COV), np.diag(COV)) + COV**2) / len(x))
-    cov_z = np.max(np.abs(np.cov(flat.T) - COV) / cov_se)
-    log_probs = np.asarray(SSM.log_prob(x))
-    return mean_z, cov_z, (log_probs.mean() - EXPECTED) / (log_probs.std() / math.sqrt(len(x)))
+    """(max |mean error| / SE, max |cov error| / SE, log-likelihood gap / SE) against the SSM's law."""
+    return gaussian_discrepancy(x, MEAN, COV)
 
 
 def test_pyramid_extremes_are_full_sequence_and_autoregressive():
