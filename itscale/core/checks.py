@@ -94,6 +94,16 @@ def sampler(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be an itscale.Sampler, got {type(value).__name__}")
 
 
+def path(name: str, value: Any, *, optional: bool = False, context: str = "") -> Any:
+    """``value`` must be an ``itscale.paths.Path`` (or None when ``optional``): ``TypeError`` naming ``name``
+    otherwise, with ``context`` (what needs the path) when given. Returns ``value``."""
+    from itscale.paths.path import Path
+    if (value is None and optional) or isinstance(value, Path):
+        return value
+    accepted = "an itscale.paths.Path (e.g. itscale.paths.linear())" + (" or None" if optional else "")
+    raise TypeError(f"{name} must be {accepted}{context}, got {value!r}")
+
+
 def function(name: str, value: Any, contract: str) -> None:
     """``value`` must be callable (``TypeError`` naming ``name`` and its ``contract`` otherwise)."""
     if not callable(value):
@@ -123,23 +133,36 @@ def token_ids(name: str, value: Any, vocab_size: int, vocabulary: str = "the voc
                          f"{sorted(set(host[bad].tolist()))[:8]}")
 
 
-def param_ranges(**ranges: tuple[float, float]):
-    """A ``Sampler.validate``: each named hyper-parameter, when concrete, lies in its closed range
-    ``(low, high)``.
+def param_ranges(**ranges: tuple):
+    """A ``Sampler.validate``: each named hyper-parameter, when concrete, lies in its range ``(low, high)``
+    (closed) or ``(low, high, brackets)`` with ``brackets`` one of ``"[]"``, ``"(]"``, ``"[)"``, ``"()"``
+    (``"(]"``: low excluded, e.g. a step size that must be positive).
 
     The returned ``check(x, params)`` ignores ``x``, reads entries of a dict or fields of a NamedTuple by
     name and raises ``ValueError`` naming ``params[name]`` and the accepted range; missing entries (an
     optional stage that was not built) are skipped.
     """
+    bounds = {}
+    for name, spec in ranges.items():
+        low, high, brackets = (*spec, "[]") if len(spec) == 2 else spec
+        if brackets not in ("[]", "(]", "[)", "()"):
+            raise ValueError(f"the range of {name} has brackets {brackets!r}; use '[]', '(]', '[)' or '()'")
+        bounds[name] = (low, high, brackets)
+
+    def outside(host, low, high, brackets) -> bool:
+        below = host <= low if brackets[0] == "(" else host < low
+        above = host >= high if brackets[1] == ")" else host > high
+        return bool(np.isnan(host).any() or below.any() or above.any())
 
     def check(x, params) -> None:
-        for name, (low, high) in ranges.items():
+        for name, (low, high, brackets) in bounds.items():
             value = params.get(name) if isinstance(params, dict) else getattr(params, name, None)
             host = None if value is None else concrete(value)
             if host is None:
                 continue
             host = host.astype(np.float64)       # compare in float64: a bound may not fit the value's dtype
-            if np.isnan(host).any() or (host < low).any() or (host > high).any():
-                raise ValueError(f"params[{name!r}] must lie in [{low}, {high}], got {host.tolist()}")
+            if outside(host, low, high, brackets):
+                raise ValueError(f"params[{name!r}] must lie in {brackets[0]}{low}, {high}{brackets[1]}, "
+                                 f"got {host.tolist()}")
 
     return check

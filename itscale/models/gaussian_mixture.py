@@ -19,6 +19,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
+from itscale.core import checks
 from itscale.core.checks import positive_int
 from itscale.paths.path import Path, as_float
 
@@ -156,8 +157,7 @@ class GaussianMixture:
         """fn(x, t) for x (..., d) and t a scalar, or x (batch, d) and t (batch,). The eigendecomposition
         Sigma_k = U diag(lam) U^T is made once, here; it gives
         C_k^{-1} = U diag(1 / (alpha^2 lam + sigma^2)) U^T for every t."""
-        if not isinstance(path, Path):
-            raise TypeError(f"path must be an itscale.paths.Path, got {path!r}")
+        checks.path("path", path)
         return functools.partial(_posterior, self, _eigh(self.covs), path, quantity)
 
     # ------------------------------------------------------------------------------------------ tilts

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from itscale.core import checks
 from itscale.core.checks import choice, in_range, positive_int
 from itscale.paths.path import Path, as_float
 
@@ -72,8 +73,7 @@ class Grid:
             return self.t_max + frac * (self.t_min - self.t_max)
         if self.kind == "quadratic":
             return self.t_min + (self.t_max - self.t_min) * (1.0 - frac) ** 2
-        if not isinstance(path, Path):
-            raise TypeError(f"path must be an itscale.paths.Path for grid kind {self.kind!r}, got {path!r}")
+        checks.path("path", path, context=f" for grid kind {self.kind!r}")
         lam_start, lam_end = (float(path.log_snr(jnp.asarray(t, dtype))) for t in (self.t_max, self.t_min))
         if not math.isfinite(lam_start) or (self.kind == "log_snr" and not math.isfinite(lam_end)):
             raise ValueError(

@@ -33,8 +33,7 @@ from itscale.refine.sde import SDEState, check_noise
 def consistency(consistency_fn: Callable, path: Path, *, grid="uniform") -> Sampler:
     """Multistep consistency sampling with ``consistency_fn(x_t, t) -> x₀`` on ``path`` (module docstring)."""
     checks.function("consistency_fn", consistency_fn, "consistency_fn(x_t, t) -> x0")
-    if not isinstance(path, Path):
-        raise TypeError(f"path must be an itscale.paths.Path (e.g. its.paths.linear()), got {type(path).__name__}")
+    checks.path("path", path)
     f = counting.counted(consistency_fn)
     times_rule = grid_times(grid, path)
 

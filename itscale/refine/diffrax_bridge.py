@@ -156,8 +156,7 @@ def diffrax_ode(velocity_fn: Callable, solver: diffrax.AbstractSolver | None = N
     if not callable(velocity_fn):
         raise TypeError("velocity_fn must be a callable fn(x, t) -> velocity, got "
                         f"{type(velocity_fn).__name__}")
-    if path is not None and not isinstance(path, Path):
-        raise TypeError(f"path must be an itscale.paths.Path or None, got {path!r}")
+    checks.path("path", path, optional=True)
     model = Model(counted(velocity_fn), path)
     times_rule = grid_times(grid, path)
     per_step = costs.solver_init + costs.first_step

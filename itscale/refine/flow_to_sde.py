@@ -36,8 +36,7 @@ def counted_velocity(model_fn: Callable, path: Path, prediction: str = "velocity
     if not callable(model_fn):
         raise TypeError(f"model_fn must be a callable fn(x, t) -> prediction, got {type(model_fn).__name__}")
     checks.choice("prediction", prediction, conversions.PREDICTIONS)
-    if not isinstance(path, Path):
-        raise TypeError(f"path must be an itscale.paths.Path (e.g. itscale.paths.linear()), got {path!r}")
+    checks.path("path", path)
     model = counted(model_fn)
 
     def velocity(x, t):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from itscale.core import checks
 from itscale.paths.path import Path
 from itscale.paths.snr_matching import change_path
 
@@ -32,6 +33,5 @@ def convert_path(velocity_fn: Callable, source_path: Path, target_path: Path) ->
         raise TypeError("velocity_fn must be a callable fn(x, t) -> velocity, got "
                         f"{type(velocity_fn).__name__}")
     for name, path in (("source_path", source_path), ("target_path", target_path)):
-        if not isinstance(path, Path):
-            raise TypeError(f"{name} must be an itscale.paths.Path (e.g. itscale.paths.vp()), got {path!r}")
+        checks.path(name, path)
     return functools.update_wrapper(change_path(velocity_fn, source_path, target_path), velocity_fn)

@@ -28,7 +28,7 @@ from itscale.core import checks, counting
 from itscale.core.sampler import Sampler
 from itscale.core.weights import takes_models
 
-_check_params = checks.param_ranges(step_size=(0.0, float("inf")))
+_check_params = checks.param_ranges(step_size=(0.0, float("inf"), "(]"))
 
 
 class MALAState(NamedTuple):

@@ -144,9 +144,7 @@ def ode(velocity_fn: Callable, solver: str | Solver | Tableau = "euler", grid="u
         raise TypeError(f"velocity_fn must be a callable fn(x, t) -> velocity, got "
                         f"{type(velocity_fn).__name__}")
     spec = solver_record(solver)
-    if path is not None and not isinstance(path, Path):
-        raise TypeError(f"path must be an itscale.paths.Path (e.g. itscale.paths.linear()) or None, "
-                        f"got {path!r}")
+    checks.path("path", path, optional=True)
     if spec.needs_path and path is None:
         raise ValueError(f"solver {spec.name!r} works with x0 / eps predictions converted from the velocity "
                          f"and needs the model's path: pass path=itscale.paths.linear() (or vp(), ...)")

@@ -144,9 +144,7 @@ def path_search(sampler: Sampler, reward_fn: Callable, *, nfe_budget: int, round
     if sampler.prior is None:
         raise ValueError("path_search starts from initial noise: sampler must be a refinement sampler with a "
                          "prior (its.refine.ode / sde / ddpm)")
-    if not isinstance(path, Path):
-        raise TypeError(f"path must be the base sampler's itscale.paths.Path (e.g. itscale.paths.linear()), "
-                        f"got {path!r}")
+    checks.path("path", path, context=" (the base sampler's path)")
     budget = checks.positive_int("nfe_budget", nfe_budget)
     rounds = checks.positive_int("rounds", rounds)
     branch = checks.positive_int("branch", branch)

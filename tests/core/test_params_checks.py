@@ -119,3 +119,32 @@ def test_traced_params_skip_value_checks_but_keep_dtypes():
 def test_num_steps_beyond_int32_fails_at_once():
     with pytest.raises(ValueError, match="num_steps must be at most"):
         its.run(euler(), jax.random.key(0), jnp.ones((2, 2)), num_steps=2 ** 31)
+
+
+@pytest.mark.parametrize("brackets, low_ok, high_ok", [("[]", True, True), ("(]", False, True),
+                                                       ("[)", True, False), ("()", False, False)])
+def test_param_ranges_include_or_exclude_each_bound_as_declared(brackets, low_ok, high_ok):
+    check = its.core.checks.param_ranges(a=(0.0, 1.0, brackets))
+    for value, ok in ((0.0, low_ok), (1.0, high_ok), (0.5, True), (-0.1, False), (np.nan, False)):
+        if ok:
+            check(None, {"a": value})
+        else:
+            with pytest.raises(ValueError, match=rf"params\['a'\] must lie in \{brackets[0]}0.0, 1.0\{brackets[1]}"):
+                check(None, {"a": value})
+    with pytest.raises(ValueError, match="brackets"):
+        its.core.checks.param_ranges(a=(0.0, 1.0, "<>"))
+
+
+def test_a_path_argument_that_is_not_a_path_is_named_with_its_context():
+    path = its.paths.linear()
+    assert its.core.checks.path("path", path) is path
+    assert its.core.checks.path("path", None, optional=True) is None
+    with pytest.raises(TypeError, match=r"target must be an itscale.paths.Path \(e.g. .*\) for grid 'x', got 'vp'"):
+        its.core.checks.path("target", "vp", context=" for grid 'x'")
+    with pytest.raises(TypeError, match="or None"):
+        its.core.checks.path("path", 1.0, optional=True)
+    for build in (lambda: its.refine.ode(lambda x, t: x, "euler", path="linear"),
+                  lambda: its.refine.consistency(lambda x, t: x, "linear"),
+                  lambda: its.models.GaussianMixture(jnp.array([1.0]), jnp.zeros((1, 2)), jnp.eye(2)[None]).velocity("linear")):
+        with pytest.raises(TypeError, match="path must be an itscale.paths.Path"):
+            build()

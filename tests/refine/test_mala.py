@@ -44,6 +44,9 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="step_size"):
         its.run(its.refine.mala(GMM.log_prob), jax.random.key(0), jnp.zeros((4, 2)), num_steps=2,
                 params={"step_size": -1.0})
+    with pytest.raises(ValueError, match=r"step_size.*\(0.0, inf\]"):   # 0 would freeze the chain
+        its.run(its.refine.mala(GMM.log_prob), jax.random.key(0), jnp.zeros((4, 2)), num_steps=2,
+                params={"step_size": 0.0})
     with pytest.raises(ValueError, match="log_prob_fn must return shape"):
         its.run(its.refine.mala(lambda x: jnp.sum(x)), jax.random.key(0), jnp.zeros((4, 2)), num_steps=2)
     with pytest.raises(ValueError, match="x must be a floating array"):
