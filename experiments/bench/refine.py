@@ -34,7 +34,7 @@ from flax import nnx
 import itscale as its
 from experiments.bench.baselines import bare_loop
 from experiments.bench.devices import core_mesh, use_every_core
-from experiments.bench.timing import time_fn, time_interleaved
+from experiments.bench.timing import time_interleaved
 from itscale.models.mlp import MLP, as_fn
 from itscale.refine import SOLVERS
 
@@ -79,19 +79,10 @@ def diffrax_loop(velocity, solver: str, num_steps: int):
 
 def torch_seconds(solver: str, model, x, times, repeats: int) -> tuple[float, int]:
     """Median seconds of the PyTorch peer at its best thread count (see the module docstring), and that
-    thread count: ``repeats`` runs with one thread, a third as many with the default count."""
+    thread count."""
     torch_model, torch_x = torch_peers.TorchMLP.from_nnx(model), torch.from_numpy(np.array(x))
-    default_threads = torch.get_num_threads()
-    best = (float("inf"), default_threads)
-    for threads, count in {default_threads: max(3, repeats // 3), 1: repeats}.items():
-        torch.set_num_threads(threads)
-        try:
-            seconds = time_fn(lambda: torch_peers.sample(solver, torch_model, torch_x, times, PATH),
-                              repeats=count)
-        finally:
-            torch.set_num_threads(default_threads)
-        best = min(best, (seconds, threads))
-    return best
+    return torch_peers.best_thread_seconds(lambda: torch_peers.sample(solver, torch_model, torch_x, times, PATH),
+                                           repeats)
 
 
 def solver_rows(model, solver: str, batch: int, num_steps: int, repeats: int, mesh=None) -> list[dict]:

@@ -222,3 +222,22 @@ def sample(solver: str, velocity, x: torch.Tensor, times, path=None) -> torch.Te
         if solver.startswith("deis"):
             table.update(d_rho_nodes(path, times))
         return EXPONENTIAL[solver](velocity, x, table)
+
+
+def best_thread_seconds(fn, repeats: int) -> tuple[float, int]:
+    """Median seconds of ``fn()`` at PyTorch's best thread count, and that count: ``repeats`` runs with
+    one thread, a third as many with the default count (on a shared machine the default OpenMP threads can
+    be far slower than one: a descheduled worker stalls every parallel region), so the peer runs at its
+    best."""
+    from experiments.bench.timing import time_fn
+
+    default_threads = torch.get_num_threads()
+    best = (float("inf"), default_threads)
+    for threads, count in {default_threads: max(3, repeats // 3), 1: repeats}.items():
+        torch.set_num_threads(threads)
+        try:
+            best = min(best, (time_fn(fn, repeats=count), threads))
+        finally:
+            torch.set_num_threads(default_threads)
+    return best
+
