@@ -153,7 +153,9 @@ def torch_fk(model, x, times, lam: float, seed: int = 0):
 
 def torch_rows(quick: bool) -> list[dict]:
     bench = "FK steering: PyTorch eager loop / its.run (equal NFE)"
-    try:  # torch_peers imports torch
+    try:
+        import torch
+
         from experiments.bench.torch_peers import TorchMLP, best_thread_seconds
     except ImportError:
         return [{"bench": bench, "case": "", "value": None, "unit": "x", "target": ">= 3x", "ok": None,
