@@ -3,12 +3,17 @@ load) and measured against the exact denoiser of its task.
 
 * A masked-diffusion denoiser for the bigram chain: ``its.models.MaskedTransformer`` trained with MDLM's
   loss; its conditionals against forward-backward's.
+* A masked-diffusion denoiser for the arithmetic task (``itscale.verifiers.arithmetic``): the same
+  ``MaskedTransformer`` trained with the conditional loss (the prompt never masked) on problems and their
+  worked solutions; its samples are graded by the task's exact checker.
 * A continuous sequence denoiser for the linear-Gaussian state-space model, trained as diffusion forcing
   trains (independent per-token noise levels, x₀-prediction MSE, whose minimiser is E[x | z] with per-token
   times: the exact denoiser of :meth:`LinearGaussianSSM.denoiser`); its error against that posterior mean.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +23,7 @@ from flax import nnx
 import itscale as its
 from experiments import model_cache
 from itscale.hybrid.exact_conditionals import markov_denoiser
+from itscale.verifiers import arithmetic
 
 
 # ------------------------------------------------------------------------------ masked tokens
@@ -61,6 +67,39 @@ def denoiser_quality(cfg: StudyConfig, exact: Chain, cached: model_cache.Cached)
     return {"kl": float(jnp.sum(jnp.where(masked, kl, 0.0)) / jnp.sum(masked)),
             "losses": cached.record["epoch_losses"], "seconds": cached.record["seconds"],
             "params": model_cache.num_params(cached.model)}
+
+
+def arithmetic_spec(cfg: StudyConfig) -> dict:
+    digits = cfg.arith_digits
+    return {"max_digits": digits, "length": arithmetic.prompt_length(digits) + arithmetic.completion_length(digits),
+            "width": cfg.arith_width, "depth": 2, "num_heads": 4, "steps": cfg.arith_train_steps,
+            "data": cfg.arith_data, "batch_size": 64, "peak_lr": 3e-3, "seed": cfg.seed}
+
+
+def _build_arithmetic_denoiser(spec: dict) -> its.models.MaskedTransformer:
+    return its.models.MaskedTransformer(arithmetic.VOCAB_SIZE, spec["length"], width=spec["width"],
+                                        depth=spec["depth"], num_heads=spec["num_heads"],
+                                        rngs=nnx.Rngs(spec["seed"]))
+
+
+def trained_arithmetic_denoiser(cfg: StudyConfig) -> model_cache.Cached:
+    """The MaskedTransformer trained with the conditional MDLM loss (prompt positions never masked) on
+    ``arith_data`` problems with their worked solutions, cached on disk (verified on load)."""
+    spec = arithmetic_spec(cfg)
+
+    def fit():
+        model = _build_arithmetic_denoiser(spec)
+        problems = arithmetic.sample_problems(jax.random.key(cfg.seed + 6), spec["data"], spec["max_digits"])
+        given = jnp.arange(spec["length"]) < arithmetic.prompt_length(spec["max_digits"])
+        schedule = optax.warmup_cosine_decay_schedule(0.0, spec["peak_lr"], min(100, spec["steps"] // 2), spec["steps"])
+        loss = functools.partial(its.models.masked_denoising_loss, given=given)
+        model, losses = its.models.train(loss, model, problems.tokens, optax.adamw(schedule), spec["steps"],
+                                         batch_size=spec["batch_size"], key=jax.random.key(cfg.seed + 7))
+        chunk = max(1, spec["steps"] // 30)
+        return model, {"epoch_losses": [float(v) for v in losses[: len(losses) // chunk * chunk]
+                                        .reshape(-1, chunk).mean(axis=1)]}
+
+    return model_cache.load_or_train("arithmetic_masked_denoiser", spec, _build_arithmetic_denoiser, fit)
 
 
 # ------------------------------------------------------------------------------ continuous sequences

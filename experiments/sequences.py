@@ -12,6 +12,11 @@ variation TV(p̂, p) = ½ Σ_x |p̂(x) − p(x)| of N samples to p, beside the f
 (``MarkovLM.sample``), and the gap of the mean exact log-likelihood of the samples to its exact
 expectation E_p[log p] = −H(p), in standard errors.
 
+(c) The arithmetic task (``itscale.verifiers.arithmetic``, multi-digit addition with worked solutions):
+a ``MaskedTransformer`` trained here with the conditional MDLM loss (prompt given) generates the worked
+solution of held-out problems by MDLM, ReMDM and MaskGIT at K refinement steps; quality is the exact
+checker's accuracy.
+
 (b) Continuous sequences. Diffusion forcing (Chen et al. 2024, arXiv 2407.01392) with the pyramid
 schedule on the exact denoiser of a linear-Gaussian state-space model
 (``its.models.LinearGaussianSSM.denoiser``) from full-sequence (u = 0) to autoregressive (u = S), at
@@ -36,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import itscale as its
-from experiments import sequence_models
+from experiments import model_cache, sequence_models
 from experiments.common import StudyResult, Sweep, markdown_table, save_figure
 from itscale.hybrid.exact_conditionals import markov_denoiser
 from itscale.hybrid.first_hitting import first_hitting
@@ -44,6 +49,7 @@ from itscale.hybrid.masked_diffusion import mdlm, remdm
 from itscale.hybrid.maskgit import maskgit
 from itscale.hybrid.sequence_diffusion import diffusion_forcing, pyramid_steps
 from itscale.models.state_space import LinearGaussianSSM
+from itscale.verifiers import arithmetic
 
 NAME = "sequences"
 
@@ -71,6 +77,13 @@ class StudyConfig(NamedTuple):
     forcing_denoisers: tuple = ("exact", "trained")   # diffusion forcing on the exact and a trained denoiser
     ssm_denoiser_width: int = 128
     ssm_denoiser_steps: int = 4000
+    arith_digits: int = 2                    # (c) the arithmetic task; () steps: section skipped
+    arith_steps: tuple = (1, 2, 4, 8, 16, 23)
+    arith_samplers: tuple = ("mdlm", "remdm", "maskgit")
+    arith_width: int = 64
+    arith_train_steps: int = 2000
+    arith_data: int = 20000
+    arith_problems: int = 2000
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self._asdict(), sort_keys=True).encode()).hexdigest()[:12]
@@ -81,7 +94,8 @@ def config(quick: bool) -> StudyConfig:
     if not quick:
         return StudyConfig()
     return StudyConfig(length=4, samples=3000, steps=(1, 2, 4), ssm_length=3, ssm_samples=2000,
-                       levels=(2, 8), uncertainties=(0.0, 1.0), denoiser_steps=1500, ssm_denoiser_steps=2000)
+                       levels=(2, 8), uncertainties=(0.0, 1.0), denoiser_steps=1500, ssm_denoiser_steps=2000,
+                       arith_steps=(1, 4, 23), arith_train_steps=1500, arith_problems=500)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,6 +206,39 @@ def token_floor(cfg: StudyConfig, exact: Chain) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# (c) the arithmetic task, graded by its exact checker
+
+ARITH_SAMPLERS = {"mdlm": "MDLM", "remdm": "MDLM + ReMDM (cap)", "maskgit": "MaskGIT (confidence)"}
+
+
+def arith_steps(cfg: StudyConfig, name: str) -> tuple:
+    """Step counts of a sampler on the worked solutions (MaskGIT decides at least one token per step, so at
+    most the completion's length)."""
+    length = arithmetic.completion_length(cfg.arith_digits)
+    return tuple(k for k in cfg.arith_steps if name != "maskgit" or k <= length)
+
+
+def arith_denoiser_record(cached) -> dict:
+    return {"losses": cached.record["epoch_losses"], "seconds": cached.record["seconds"],
+            "params": model_cache.num_params(cached.model)}
+
+
+def arith_point(cfg: StudyConfig, name: str, steps: int, trained) -> dict:
+    """Accuracy (exact checker) of ``cfg.arith_problems`` held-out problems solved by ``name`` at ``steps``."""
+    mask, digits = arithmetic.VOCAB_SIZE, cfg.arith_digits
+    problems = arithmetic.sample_problems(jax.random.key(cfg.seed + 8), cfg.arith_problems, digits)
+    x = jnp.concatenate([problems.prompts, jnp.full(problems.completions.shape, mask, jnp.int32)], axis=1)
+    sampler = {"mdlm": lambda: mdlm(trained(), mask_id=mask),
+               "remdm": lambda: remdm(trained(), mask_id=mask, remasking="cap", eta=cfg.remdm_eta),
+               "maskgit": lambda: maskgit(trained(), mask_id=mask)}[name]()
+    result = its.run(sampler, jax.random.fold_in(jax.random.key(cfg.seed + 9), steps), x, num_steps=steps)
+    correct = np.asarray(arithmetic.is_correct(problems.prompts, result.output.tokens[:, problems.prompts.shape[1]:]))
+    accuracy = float(correct.mean())
+    return {"sampler": name, "steps": steps, "nfe_per_sample": int(result.stats.nfe) / cfg.arith_problems,
+            "accuracy": accuracy, "se": math.sqrt(accuracy * (1 - accuracy) / cfg.arith_problems)}
+
+
+# ----------------------------------------------------------------------------------------------
 # (b) diffusion forcing on the linear-Gaussian state-space model
 
 SSM = dict(transition=[[0.9, 0.2], [-0.1, 0.8]], noise_cov=[[0.3, 0.05], [0.05, 0.2]],
@@ -241,8 +288,10 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None)
     forcing_grid = [(d, f, s) for d in cfg.forcing_denoisers for f in cfg.uncertainties for s in cfg.levels]
     learned_ssm = "trained" in cfg.forcing_denoisers
     learned = "mdlm_trained" in names
+    arith_grid = [(name, k) for name in cfg.arith_samplers for k in arith_steps(cfg, name)]
     sweep = Sweep(out_dir / f"{NAME}_{cfg.digest()}.json",
-                  total=1 + learned + learned_ssm + len(token_grid) + len(forcing_grid))
+                  total=1 + learned + learned_ssm + len(token_grid) + len(forcing_grid) + len(arith_grid)
+                  + bool(arith_grid))
     exact = exact_chain(cfg)
     cached = functools.cache(lambda: sequence_models.trained_denoiser(cfg, exact))   # trained / loaded if needed
     floor = sweep.get_or_compute("floor", lambda: token_floor(cfg, exact))
@@ -260,11 +309,22 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None)
     forcing = [sweep.get_or_compute(f"forcing|{d}|u/S={f}|S={s}",
                                     lambda d=d, s=s, f=f: forcing_point(cfg, s, f, d, lambda: ssm_cached().model))
                for d, f, s in forcing_grid]
+    arith_cached = functools.cache(lambda: sequence_models.trained_arithmetic_denoiser(cfg))
+    arith_denoiser = (sweep.get_or_compute("arith_denoiser", lambda: arith_denoiser_record(arith_cached()))
+                      if arith_grid else None)
+    arith = [sweep.get_or_compute(f"arith|{name}|K={k}",
+                                  lambda name=name, k=k: arith_point(cfg, name, k, lambda: arith_cached().model))
+             for name, k in arith_grid]
     plots = [_plot_tokens(tokens, floor, out_dir), _plot_forcing(forcing, out_dir)]
+    if arith:
+        plots.append(_plot_arith(arith, cfg, out_dir))
     figures = {"tokens": tokens, "floor": floor, "forcing": forcing, "entropy": exact.entropy, "denoiser": denoiser,
-               "ssm_denoiser": ssm_denoiser}
-    return StudyResult("Both axes: masked diffusion, AR and diffusion forcing against exact laws",
-                       _markdown(cfg, exact, floor, tokens, forcing, denoiser, ssm_denoiser), figures, plots)
+               "ssm_denoiser": ssm_denoiser, "arith": arith, "arith_denoiser": arith_denoiser}
+    markdown = _markdown(cfg, exact, floor, tokens, forcing, denoiser, ssm_denoiser)
+    if arith:
+        markdown += "\n\n" + _arith_markdown(cfg, arith, arith_denoiser)
+    return StudyResult("Both axes: masked diffusion, AR and diffusion forcing against exact laws", markdown,
+                       figures, plots)
 
 
 def _markdown(cfg, exact, floor, tokens, forcing, denoiser, ssm_denoiser) -> str:
@@ -314,6 +374,40 @@ def _markdown(cfg, exact, floor, tokens, forcing, denoiser, ssm_denoiser) -> str
             f"its squared error to the exact posterior mean is {ssm_denoiser['relative_error']:.2g} of the "
             "irreducible error E‖x − E[x | z]‖²."),
         "", df_table])
+
+
+def _arith_markdown(cfg, arith, trained) -> str:
+    steps = sorted({p["steps"] for p in arith})
+    rows = [{"sampler": ARITH_SAMPLERS[name], **{f"K={p['steps']}": f"{p['accuracy']:.3f} ± {p['se']:.3f}"
+                                                 for p in arith if p["sampler"] == name}}
+            for name in cfg.arith_samplers]
+    digits = cfg.arith_digits
+    return "\n".join([
+        f"(c) Arithmetic (addition of 1 to {digits} digits with worked solutions, "
+        f"{arithmetic.completion_length(digits)} completion tokens): `its.models.MaskedTransformer` (width "
+        f"{cfg.arith_width}, depth 2, {trained['params']} parameters) trained here with the conditional MDLM loss "
+        f"(prompt never masked) for {cfg.arith_train_steps} AdamW steps on {cfg.arith_data} problems in "
+        f"{trained['seconds']:.0f} s (loss {trained['losses'][0]:.3f} → {trained['losses'][-1]:.3f}); accuracy "
+        f"(exact checker, ± standard error) on {cfg.arith_problems} held-out problems against refinement steps K "
+        "(NFE per problem = K):", "",
+        markdown_table(rows, ["sampler"] + [f"K={k}" for k in steps])])
+
+
+def _plot_arith(arith, cfg, out_dir) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in cfg.arith_samplers:
+        mine = sorted((p for p in arith if p["sampler"] == name), key=lambda p: p["steps"])
+        ax.errorbar([p["steps"] for p in mine], [p["accuracy"] for p in mine], [p["se"] for p in mine],
+                    fmt="o-", capsize=2, label=ARITH_SAMPLERS[name])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("refinement steps K (NFE per problem)")
+    ax.set_ylabel("accuracy (exact checker)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Trained masked diffusion on the arithmetic task")
+    return save_figure(fig, out_dir / f"{NAME}_arithmetic.png")
 
 
 def _plot_tokens(tokens, floor, out_dir) -> str:

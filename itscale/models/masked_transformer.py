@@ -78,14 +78,22 @@ class MaskedTransformer(nnx.Module):
         return self.head(self.norm(x))
 
 
-def masked_denoising_loss(model: MaskedTransformer, tokens: jax.Array, key: jax.Array) -> jax.Array:
-    """MDLM's NELBO per token for clean ``tokens`` (batch, L) (see the module docstring)."""
+def masked_denoising_loss(model: MaskedTransformer, tokens: jax.Array, key: jax.Array, *,
+                          given: jax.Array | None = None) -> jax.Array:
+    """MDLM's NELBO per token for clean ``tokens`` (batch, L) (see the module docstring).
+
+    ``given``: optional bool (L,) or (batch, L), positions that are never masked (the conditioning: a
+    prompt; conditional MDLM), so the loss trains p_θ(x₀ | z_t, prompt) and is averaged over the other
+    positions."""
     batch, length = tokens.shape
     key_t, key_mask = jax.random.split(key)
     t = (jax.random.uniform(key_t) + jnp.arange(batch) / batch) % 1.0      # stratified over the batch
     t = jnp.maximum(t, 1e-3)
     masked = jax.random.uniform(key_mask, (batch, length)) < t[:, None]
+    free = jnp.ones((batch, length), bool) if given is None else ~jnp.broadcast_to(given, (batch, length))
+    masked = masked & free
     noisy = jnp.where(masked, model.mask_id, tokens)
     log_p = jax.nn.log_softmax(model(noisy, t).astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(log_p, tokens[..., None], axis=-1)[..., 0]
-    return jnp.mean(jnp.sum(jnp.where(masked, nll, 0.0), axis=1) / t) / length
+    per_row = jnp.sum(jnp.where(masked, nll, 0.0), axis=1) / jnp.maximum(jnp.sum(free, axis=1), 1)
+    return jnp.mean(per_row / t)

@@ -16,7 +16,9 @@ from itscale.models.markov import all_sequences
 
 TINY = sequences.StudyConfig(length=3, samples=3000, steps=(1, 3), ssm_length=2, ssm_samples=1500,
                              levels=(1, 8), uncertainties=(0.0, 1.0),
-                             samplers=("mdlm", "maskgit_random", "first_hitting", "ar"), forcing_denoisers=("exact",))
+                             samplers=("mdlm", "maskgit_random", "first_hitting", "ar"), forcing_denoisers=("exact",),
+                             arith_digits=1, arith_steps=(2,), arith_samplers=("mdlm", "maskgit"), arith_width=16,
+                             arith_train_steps=20, arith_data=256, arith_problems=64)
 
 
 def test_exact_law_and_bos_chain_agree_with_the_chain():
@@ -32,6 +34,7 @@ def test_exact_law_and_bos_chain_agree_with_the_chain():
 
 
 def test_quick_study_numbers_resume_and_atomic_writes(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITSCALE_CACHE", str(tmp_path / "cache"))
     result = sequences.study(tmp_path, quick=True, cfg=TINY)
     figures = result.figures
     floor = figures["floor"]["tv"]
@@ -48,6 +51,10 @@ def test_quick_study_numbers_resume_and_atomic_writes(tmp_path, monkeypatch):
     auto = [p for p in figures["forcing"] if p["u_over_S"] == 1.0]
     assert [p["nfe_per_sample"] for p in auto] == [lv * TINY.ssm_length for lv in TINY.levels]
     assert all((tmp_path / name).exists() for name in result.plots)
+    arith = {(p["sampler"], p["steps"]): p for p in figures["arith"]}
+    assert set(arith) == {("mdlm", 2), ("maskgit", 2)}
+    assert all(0 <= p["accuracy"] <= 1 and p["nfe_per_sample"] == p["steps"] for p in arith.values())
+    assert "(c) Arithmetic" in result.markdown and figures["arith_denoiser"]["params"] > 0
     assert "| MDLM |" in result.markdown
     with pytest.raises(ValueError, match="unknown samplers"):
         sequences.study(tmp_path / "bad", quick=True, cfg=TINY._replace(samplers=("nope",)))
@@ -55,7 +62,7 @@ def test_quick_study_numbers_resume_and_atomic_writes(tmp_path, monkeypatch):
 
     stored = tmp_path / f"{sequences.NAME}_{TINY.digest()}.json"
     points = json.loads(stored.read_text())
-    assert len(points) == 1 + len(figures["tokens"]) + len(figures["forcing"])
+    assert len(points) == 1 + len(figures["tokens"]) + len(figures["forcing"]) + 1 + len(figures["arith"])
 
     # Resume: a dropped point is recomputed, the others are read back without running anything.
     dropped = "tokens|mdlm|K=3"
@@ -65,6 +72,7 @@ def test_quick_study_numbers_resume_and_atomic_writes(tmp_path, monkeypatch):
     original = sequences.token_point
     monkeypatch.setattr(sequences, "token_point", lambda *a: calls.append(a[2:4]) or original(*a))
     monkeypatch.setattr(sequences, "forcing_point", lambda *a: (_ for _ in ()).throw(AssertionError("rerun")))
+    monkeypatch.setattr(sequences, "arith_point", lambda *a: (_ for _ in ()).throw(AssertionError("rerun")))
     again = sequences.study(tmp_path, quick=True, cfg=TINY)
     assert calls == [("mdlm", 3)]
     assert json.loads(stored.read_text()).keys() == set(points) | {dropped}
