@@ -30,8 +30,8 @@ MAX_STEPS = 2 ** 31 - 2
 KEY_TABLE_STEPS = 2 ** 20
 """Up to this many steps, the keys of all steps are derived before the loop in one vectorised call (8
 bytes a step) and the loop reads its step's key; a longer run derives each key inside its step. The keys
-are the same either way; the table spares each step the rounds of the hash (a dozen small kernels that
-cost a CPU loop of a small network about 15% of its time)."""
+are the same either way; the table spares each step the rounds of the hash, which lower to a loop of
+small kernels on CPU (``docs/performance.md``)."""
 
 
 class SaveAt(NamedTuple):
