@@ -115,8 +115,8 @@ class ScaleTree:
 
     def next_scale_denoiser(self) -> Callable:
         """``denoiser_fn(tokens, t) -> logits`` (batch, L, V) for :func:`itscale.hybrid.var`: the exact
-        p(r_{k,i} | r_<k) = P_{k−1}[parent(i)] at a position whose parent is a token, and the marginal law
-        of its map where the parent is masked (the exact conditional when no token of a finer map is
+        p(r_{k,i} | r_<k) = P_{k−1}[parent(i)] at a position whose parent is a token (ids >= V are masks),
+        and the marginal law of its map where the parent is masked (the exact conditional when no token of a finer map is
         given either: what next-scale prediction asks of it). Ignores ``t``."""
         parents, maps = parent_index(self.scales), map_index(self.scales)
         vocab = self.vocab_size

@@ -15,10 +15,9 @@ levels in turn, each token by token, samples y_K − 1 exactly; with σ_{K−1} 
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from itscale.core import checks
 from itscale.models.state_space import LinearGaussianSSM
