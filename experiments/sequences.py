@@ -12,16 +12,16 @@ variation TV(p̂, p) = ½ Σ_x |p̂(x) − p(x)| of N samples to p, beside the f
 (``MarkovLM.sample``), and the gap of the mean exact log-likelihood of the samples to its exact
 expectation E_p[log p] = −H(p), in standard errors.
 
-(c) The arithmetic task (``itscale.verifiers.arithmetic``, multi-digit addition with worked solutions):
-a ``MaskedTransformer`` trained here with the conditional MDLM loss (prompt given) generates the worked
-solution of held-out problems by MDLM, ReMDM and MaskGIT at K refinement steps; quality is the exact
-checker's accuracy.
-
 (b) Continuous sequences. Diffusion forcing (Chen et al. 2024, arXiv 2407.01392) with the pyramid
 schedule on the exact denoiser of a linear-Gaussian state-space model
 (``its.models.LinearGaussianSSM.denoiser``) from full-sequence (u = 0) to autoregressive (u = S), at
 S levels: NFE = S + ⌊(M − 1)u⌋ per row; errors of the sample mean and covariance against the exact
 moments, and the log-likelihood gap mean log p(x) − E[log p(x)] (in standard errors).
+
+(c) The arithmetic task (``itscale.verifiers.arithmetic``, multi-digit addition with worked solutions):
+a ``MaskedTransformer`` trained here with the conditional MDLM loss (prompt given) generates the worked
+solution of held-out problems by MDLM, ReMDM and MaskGIT at K refinement steps; quality is the exact
+checker's accuracy.
 
 Every point is a :class:`experiments.common.Sweep` entry, stored when computed; a rerun recomputes only
 the missing points.
