@@ -174,15 +174,18 @@ def _step(tableau: Tableau):
             slopes.append(model.velocity(_combine(x, h, a_j, slopes).astype(x.dtype), t + c_j * h))
         return slopes
 
-    def looped(model: Model, x, t, h, first):
+    def looped(model: Model, x, t, h, first=None):
+        """Stages ``1..m-1`` after ``first`` or, without it, all ``m`` stages, one per loop iteration."""
         coefficients, nodes = jnp.asarray(a, t.dtype), jnp.asarray(tableau.c, t.dtype)
 
         def stage(slopes, j):
             x_j = (x + h * jnp.tensordot(coefficients[j], slopes, axes=1)).astype(x.dtype)
             return slopes.at[j].set(model.velocity(x_j, t + nodes[j] * h)), None
 
-        slopes = jnp.zeros((m,) + x.shape, x.dtype).at[0].set(first)
-        return list(counting.scan(stage, slopes, jnp.arange(1, m))[0])
+        slopes = jnp.zeros((m,) + x.shape, x.dtype)
+        if first is not None:
+            slopes = slopes.at[0].set(first)
+        return list(counting.scan(stage, slopes, jnp.arange(0 if first is None else 1, m))[0])
 
     def step(model: Model, state: RungeKuttaState, clock: Clock, key, params):
         """The later stages run one per loop iteration for states of ``LOOP_MIN_SIZE`` entries or more:
@@ -197,9 +200,13 @@ def _step(tableau: Tableau):
         velocity is singular) and true, the step is x_s = x0_hat from the first evaluation, 1 NFE."""
         x, t = state.x, clock.t()
         h = clock.t(1) - t
+        loop = m > 1 and x.size >= LOOP_MIN_SIZE
+        if clock.denoise is None and loop:   # every stage in the loop: one copy of the model in the program
+            slopes = looped(model, x, t, h)
+            return RungeKuttaState(_combine(x, h, tableau.b, slopes)), model.info(slopes[0], x, t)
         first = model.velocity(x, t)
         info = model.info(first, x, t)
-        later = looped if m > 1 and x.size >= LOOP_MIN_SIZE else unrolled
+        later = looped if loop else unrolled
         advance = lambda: _combine(x, h, tableau.b, later(model, x, t, h, first))  # noqa: E731
         if clock.denoise is None:
             return RungeKuttaState(advance()), info
