@@ -6,6 +6,8 @@ load) and measured against the exact denoiser of its task.
 * A masked-diffusion denoiser for the arithmetic task (``itscale.verifiers.arithmetic``): the same
   ``MaskedTransformer`` trained with the conditional loss (the prompt never masked) on problems and their
   worked solutions; its samples are graded by the task's exact checker.
+* Its autoregressive counterpart: a causal ``its.models.Transformer`` of the same size trained with the
+  next-token loss on the same problems.
 * A continuous sequence denoiser for the linear-Gaussian state-space model, trained as diffusion forcing
   trains (independent per-token noise levels, x₀-prediction MSE, whose minimiser is E[x | z] with per-token
   times: the exact denoiser of :meth:`LinearGaussianSSM.denoiser`); its error against that posterior mean.
@@ -100,6 +102,31 @@ def trained_arithmetic_denoiser(cfg: StudyConfig) -> model_cache.Cached:
                                         .reshape(-1, chunk).mean(axis=1)]}
 
     return model_cache.load_or_train("arithmetic_masked_denoiser", spec, _build_arithmetic_denoiser, fit)
+
+
+def _build_arithmetic_lm(spec: dict) -> its.models.Transformer:
+    return its.models.Transformer(arithmetic.VOCAB_SIZE, width=spec["width"], depth=spec["depth"],
+                                  num_heads=spec["num_heads"], max_len=spec["length"], rngs=nnx.Rngs(spec["seed"]))
+
+
+def trained_arithmetic_lm(cfg: StudyConfig) -> model_cache.Cached:
+    """The autoregressive counterpart of :func:`trained_arithmetic_denoiser`: a causal ``Transformer`` of the
+    same width and depth trained with the next-token loss on the worked solutions of the same problems
+    (same optimiser, steps and batches), cached on disk (verified on load)."""
+    spec = arithmetic_spec(cfg)
+
+    def fit():
+        model = _build_arithmetic_lm(spec)
+        problems = arithmetic.sample_problems(jax.random.key(cfg.seed + 6), spec["data"], spec["max_digits"])
+        schedule = optax.warmup_cosine_decay_schedule(0.0, spec["peak_lr"], min(100, spec["steps"] // 2), spec["steps"])
+        model, losses = its.models.train(lambda m, batch, key: its.models.next_token_loss(m, *batch), model,
+                                         (problems.tokens, problems.loss_mask), optax.adamw(schedule),
+                                         spec["steps"], batch_size=spec["batch_size"], key=jax.random.key(cfg.seed + 7))
+        chunk = max(1, spec["steps"] // 30)
+        return model, {"epoch_losses": [float(v) for v in losses[: len(losses) // chunk * chunk]
+                                        .reshape(-1, chunk).mean(axis=1)]}
+
+    return model_cache.load_or_train("arithmetic_lm", spec, _build_arithmetic_lm, fit)
 
 
 # ------------------------------------------------------------------------------ continuous sequences

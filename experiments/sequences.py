@@ -20,8 +20,8 @@ moments, and the log-likelihood gap mean log p(x) − E[log p(x)] (in standard e
 
 (c) The arithmetic task (``itscale.verifiers.arithmetic``, multi-digit addition with worked solutions):
 a ``MaskedTransformer`` trained here with the conditional MDLM loss (prompt given) generates the worked
-solution of held-out problems by MDLM, ReMDM and MaskGIT at K refinement steps; quality is the exact
-checker's accuracy.
+solution of held-out problems by MDLM, ReMDM and MaskGIT at K refinement steps, beside a causal
+transformer of the same size trained on the same problems (AR); quality is the exact checker's accuracy.
 
 Every point is a :class:`experiments.common.Sweep` entry, stored when computed; a rerun recomputes only
 the missing points.
@@ -79,7 +79,7 @@ class StudyConfig(NamedTuple):
     ssm_denoiser_steps: int = 4000
     arith_digits: int = 2                    # (c) the arithmetic task; () steps: section skipped
     arith_steps: tuple = (1, 2, 4, 8, 16, 23)
-    arith_samplers: tuple = ("mdlm", "remdm", "maskgit")
+    arith_samplers: tuple = ("mdlm", "remdm", "maskgit", "ar")
     arith_width: int = 64
     arith_train_steps: int = 2000
     arith_data: int = 20000
@@ -208,13 +208,16 @@ def token_floor(cfg: StudyConfig, exact: Chain) -> dict:
 # ----------------------------------------------------------------------------------------------
 # (c) the arithmetic task, graded by its exact checker
 
-ARITH_SAMPLERS = {"mdlm": "MDLM", "remdm": "MDLM + ReMDM (cap)", "maskgit": "MaskGIT (confidence)"}
+ARITH_SAMPLERS = {"mdlm": "MDLM", "remdm": "MDLM + ReMDM (cap)", "maskgit": "MaskGIT (confidence)",
+                  "ar": "AR (rollout, causal transformer)"}
 
 
 def arith_steps(cfg: StudyConfig, name: str) -> tuple:
     """Step counts of a sampler on the worked solutions (MaskGIT decides at least one token per step, so at
-    most the completion's length)."""
+    most the completion's length; AR decodes one token per step)."""
     length = arithmetic.completion_length(cfg.arith_digits)
+    if name == "ar":
+        return (length,)
     return tuple(k for k in cfg.arith_steps if name != "maskgit" or k <= length)
 
 
@@ -223,16 +226,24 @@ def arith_denoiser_record(cached) -> dict:
             "params": model_cache.num_params(cached.model)}
 
 
-def arith_point(cfg: StudyConfig, name: str, steps: int, trained) -> dict:
-    """Accuracy (exact checker) of ``cfg.arith_problems`` held-out problems solved by ``name`` at ``steps``."""
+def arith_point(cfg: StudyConfig, name: str, steps: int, trained, trained_lm=None) -> dict:
+    """Accuracy (exact checker) of ``cfg.arith_problems`` held-out problems solved by ``name`` at ``steps``;
+    ``trained()``: the masked denoiser, ``trained_lm()``: the causal LM (sampler ``"ar"``)."""
     mask, digits = arithmetic.VOCAB_SIZE, cfg.arith_digits
     problems = arithmetic.sample_problems(jax.random.key(cfg.seed + 8), cfg.arith_problems, digits)
     x = jnp.concatenate([problems.prompts, jnp.full(problems.completions.shape, mask, jnp.int32)], axis=1)
-    sampler = {"mdlm": lambda: mdlm(trained(), mask_id=mask),
-               "remdm": lambda: remdm(trained(), mask_id=mask, remasking="cap", eta=cfg.remdm_eta),
-               "maskgit": lambda: maskgit(trained(), mask_id=mask)}[name]()
+    if name == "ar":
+        lm = trained_lm()
+        sampler = its.tokens.rollout(lm, init_cache=lm.init_cache, max_len=lm.max_len, eos_id=arithmetic.EOS,
+                                     pad_id=arithmetic.PAD, max_new_tokens=steps)
+        x = problems.prompts
+    else:
+        sampler = {"mdlm": lambda: mdlm(trained(), mask_id=mask),
+                   "remdm": lambda: remdm(trained(), mask_id=mask, remasking="cap", eta=cfg.remdm_eta),
+                   "maskgit": lambda: maskgit(trained(), mask_id=mask)}[name]()
     result = its.run(sampler, jax.random.fold_in(jax.random.key(cfg.seed + 9), steps), x, num_steps=steps)
-    correct = np.asarray(arithmetic.is_correct(problems.prompts, result.output.tokens[:, problems.prompts.shape[1]:]))
+    completions = result.output.tokens[:, problems.prompts.shape[1]:]
+    correct = np.asarray(arithmetic.is_correct(problems.prompts, completions))
     accuracy = float(correct.mean())
     return {"sampler": name, "steps": steps, "nfe_per_sample": int(result.stats.nfe) / cfg.arith_problems,
             "accuracy": accuracy, "se": math.sqrt(accuracy * (1 - accuracy) / cfg.arith_problems)}
@@ -310,10 +321,12 @@ def study(out_dir: pathlib.Path, *, quick: bool, cfg: StudyConfig | None = None)
                                     lambda d=d, s=s, f=f: forcing_point(cfg, s, f, d, lambda: ssm_cached().model))
                for d, f, s in forcing_grid]
     arith_cached = functools.cache(lambda: sequence_models.trained_arithmetic_denoiser(cfg))
+    arith_lm = functools.cache(lambda: sequence_models.trained_arithmetic_lm(cfg))
     arith_denoiser = (sweep.get_or_compute("arith_denoiser", lambda: arith_denoiser_record(arith_cached()))
                       if arith_grid else None)
     arith = [sweep.get_or_compute(f"arith|{name}|K={k}",
-                                  lambda name=name, k=k: arith_point(cfg, name, k, lambda: arith_cached().model))
+                                  lambda name=name, k=k: arith_point(cfg, name, k, lambda: arith_cached().model,
+                                                                     lambda: arith_lm().model))
              for name, k in arith_grid]
     plots = [_plot_tokens(tokens, floor, out_dir), _plot_forcing(forcing, out_dir)]
     if arith:
@@ -389,7 +402,9 @@ def _arith_markdown(cfg, arith, trained) -> str:
         f"(prompt never masked) for {cfg.arith_train_steps} AdamW steps on {cfg.arith_data} problems in "
         f"{trained['seconds']:.0f} s (loss {trained['losses'][0]:.3f} → {trained['losses'][-1]:.3f}); accuracy "
         f"(exact checker, ± standard error) on {cfg.arith_problems} held-out problems against refinement steps K "
-        "(NFE per problem = K):", "",
+        "(NFE per problem = K); AR: a causal transformer of the same width and depth trained with the "
+        "next-token loss on the same problems, sampling one token per step (K = the completion length, plus "
+        "the prompt's prefill), all at temperature 1:", "",
         markdown_table(rows, ["sampler"] + [f"K={k}" for k in steps])])
 
 

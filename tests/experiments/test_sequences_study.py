@@ -17,7 +17,7 @@ from itscale.models.markov import all_sequences
 TINY = sequences.StudyConfig(length=3, samples=3000, steps=(1, 3), ssm_length=2, ssm_samples=1500,
                              levels=(1, 8), uncertainties=(0.0, 1.0),
                              samplers=("mdlm", "maskgit_random", "first_hitting", "ar"), forcing_denoisers=("exact",),
-                             arith_digits=1, arith_steps=(2,), arith_samplers=("mdlm", "maskgit"), arith_width=16,
+                             arith_digits=1, arith_steps=(2,), arith_samplers=("mdlm", "ar"), arith_width=16,
                              arith_train_steps=20, arith_data=256, arith_problems=64)
 
 
@@ -52,8 +52,9 @@ def test_quick_study_numbers_resume_and_atomic_writes(tmp_path, monkeypatch):
     assert [p["nfe_per_sample"] for p in auto] == [lv * TINY.ssm_length for lv in TINY.levels]
     assert all((tmp_path / name).exists() for name in result.plots)
     arith = {(p["sampler"], p["steps"]): p for p in figures["arith"]}
-    assert set(arith) == {("mdlm", 2), ("maskgit", 2)}
-    assert all(0 <= p["accuracy"] <= 1 and p["nfe_per_sample"] == p["steps"] for p in arith.values())
+    assert set(arith) == {("mdlm", 2), ("ar", 13)}                  # AR: one token per step, the whole completion
+    assert all(0 <= p["accuracy"] <= 1 for p in arith.values()) and arith[("mdlm", 2)]["nfe_per_sample"] == 2
+    assert arith[("ar", 13)]["nfe_per_sample"] >= 13
     assert "(c) Arithmetic" in result.markdown and figures["arith_denoiser"]["params"] > 0
     assert "| MDLM |" in result.markdown
     with pytest.raises(ValueError, match="unknown samplers"):
