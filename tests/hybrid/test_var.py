@@ -25,6 +25,7 @@ TREE = its.models.ScaleTree(jnp.log(jnp.array([0.3, 0.7])),
 SEQUENCES = all_sequences(V, L)
 EXACT = np.exp(np.asarray(TREE.log_prob(SEQUENCES), np.float64))
 ALL_MASKED = jnp.full((N, L), MASK, jnp.int32)
+VAR = its.hybrid.var(TREE.next_scale_denoiser(), mask_id=MASK, scales=SCALES)   # one sampler: one compilation
 
 
 def counts(tokens, length=L) -> np.ndarray:
@@ -42,8 +43,7 @@ def test_the_tree_is_a_normalised_law_with_the_stated_parents():
 
 
 def test_var_with_the_exact_next_scale_conditional_samples_the_exact_law():
-    sampler = its.hybrid.var(TREE.next_scale_denoiser(), mask_id=MASK, scales=SCALES)
-    result = its.run(sampler, jax.random.key(1), ALL_MASKED, num_steps=len(SCALES))
+    result = its.run(VAR, jax.random.key(1), ALL_MASKED, num_steps=len(SCALES))
     assert int(result.stats.nfe) == N * len(SCALES)
     assert chi_square_pvalue(counts(result.output.tokens), EXACT) > 1e-3
     np.testing.assert_allclose(result.output.log_probs.sum(1), TREE.log_prob(result.output.tokens), atol=1e-5)
@@ -51,16 +51,14 @@ def test_var_with_the_exact_next_scale_conditional_samples_the_exact_law():
 
 def test_a_given_coarse_map_is_kept_and_the_rest_follows_the_conditional_law():
     x = ALL_MASKED.at[:, 0].set(1)
-    sampler = its.hybrid.var(TREE.next_scale_denoiser(), mask_id=MASK, scales=SCALES)
-    tokens = its.run(sampler, jax.random.key(2), x, num_steps=len(SCALES)).output.tokens
+    tokens = its.run(VAR, jax.random.key(2), x, num_steps=len(SCALES)).output.tokens
     assert bool(jnp.all(tokens[:, 0] == 1))
     conditional = np.where(np.asarray(SEQUENCES[:, 0]) == 1, EXACT, 0.0)
     assert chi_square_pvalue(counts(tokens), conditional / conditional.sum()) > 1e-3
 
 
 def test_fewer_steps_leave_the_finer_maps_masked_and_the_info_counts_the_draws():
-    sampler = its.hybrid.var(TREE.next_scale_denoiser(), mask_id=MASK, scales=SCALES)
-    result = its.run(sampler, jax.random.key(3), ALL_MASKED[:5], num_steps=2, trace=1)
+    result = its.run(VAR, jax.random.key(3), ALL_MASKED[:5], num_steps=2, trace=1)
     np.testing.assert_array_equal(result.output.num_masked, [SCALES[2]] * 5)
     assert bool(jnp.all(result.output.tokens[:, 3:] == MASK)) and bool(jnp.all(result.output.tokens[:, :3] < V))
     np.testing.assert_array_equal(result.trace.info["drawn"][:, 0], SCALES[:2])
@@ -82,10 +80,9 @@ def test_drawing_a_correlated_map_in_parallel_is_the_factorised_law():
 
 
 def test_var_composes_with_best_of_n_on_the_exact_log_likelihood():
-    sampler = its.hybrid.var(TREE.next_scale_denoiser(), mask_id=MASK, scales=SCALES)
-    search = its.search.best_of_n(sampler, lambda out: TREE.log_prob(out.tokens), num_candidates=8)
+    search = its.search.best_of_n(VAR, lambda out: TREE.log_prob(out.tokens), num_candidates=8)
     best = its.run(search, jax.random.key(5), ALL_MASKED[:64], num_steps=len(SCALES)).output
-    plain = its.run(sampler, jax.random.key(5), ALL_MASKED[:64], num_steps=len(SCALES)).output
+    plain = its.run(VAR, jax.random.key(5), ALL_MASKED[:64], num_steps=len(SCALES)).output
     assert float(TREE.log_prob(best.best.tokens).mean()) > float(TREE.log_prob(plain.tokens).mean())
 
 
@@ -97,6 +94,5 @@ def test_bad_scales_are_named(scales, match):
 
 
 def test_a_canvas_of_the_wrong_length_is_named_before_compute():
-    sampler = its.hybrid.var(TREE.next_scale_denoiser(), mask_id=MASK, scales=SCALES)
     with pytest.raises(ValueError, match="scales"):
-        its.run(sampler, jax.random.key(0), ALL_MASKED[:2, :5], num_steps=3)
+        its.run(VAR, jax.random.key(0), ALL_MASKED[:2, :5], num_steps=3)
