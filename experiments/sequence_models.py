@@ -84,24 +84,28 @@ def _build_arithmetic_denoiser(spec: dict) -> its.models.MaskedTransformer:
                                         rngs=nnx.Rngs(spec["seed"]))
 
 
+def _fit_on_problems(cfg: StudyConfig, spec: dict, model, loss_fn, data_of):
+    """Train ``model`` on ``spec["data"]`` arithmetic problems (``data_of(problems)`` the batches' pytree) with
+    the arithmetic models' shared recipe (AdamW, warm-up and cosine decay, the same problems and batch keys);
+    returns ``(model, record)`` with the loss averaged over 30 chunks."""
+    problems = arithmetic.sample_problems(jax.random.key(cfg.seed + 6), spec["data"], spec["max_digits"])
+    schedule = optax.warmup_cosine_decay_schedule(0.0, spec["peak_lr"], min(100, spec["steps"] // 2), spec["steps"])
+    model, losses = its.models.train(loss_fn, model, data_of(problems), optax.adamw(schedule), spec["steps"],
+                                     batch_size=spec["batch_size"], key=jax.random.key(cfg.seed + 7))
+    chunk = max(1, spec["steps"] // 30)
+    return model, {"epoch_losses": [float(v) for v in losses[: len(losses) // chunk * chunk]
+                                    .reshape(-1, chunk).mean(axis=1)]}
+
+
 def trained_arithmetic_denoiser(cfg: StudyConfig) -> model_cache.Cached:
     """The MaskedTransformer trained with the conditional MDLM loss (prompt positions never masked) on
     ``arith_data`` problems with their worked solutions, cached on disk (verified on load)."""
     spec = arithmetic_spec(cfg)
-
-    def fit():
-        model = _build_arithmetic_denoiser(spec)
-        problems = arithmetic.sample_problems(jax.random.key(cfg.seed + 6), spec["data"], spec["max_digits"])
-        given = jnp.arange(spec["length"]) < arithmetic.prompt_length(spec["max_digits"])
-        schedule = optax.warmup_cosine_decay_schedule(0.0, spec["peak_lr"], min(100, spec["steps"] // 2), spec["steps"])
-        loss = functools.partial(its.models.masked_denoising_loss, given=given)
-        model, losses = its.models.train(loss, model, problems.tokens, optax.adamw(schedule), spec["steps"],
-                                         batch_size=spec["batch_size"], key=jax.random.key(cfg.seed + 7))
-        chunk = max(1, spec["steps"] // 30)
-        return model, {"epoch_losses": [float(v) for v in losses[: len(losses) // chunk * chunk]
-                                        .reshape(-1, chunk).mean(axis=1)]}
-
-    return model_cache.load_or_train("arithmetic_masked_denoiser", spec, _build_arithmetic_denoiser, fit)
+    given = jnp.arange(spec["length"]) < arithmetic.prompt_length(spec["max_digits"])
+    loss = functools.partial(its.models.masked_denoising_loss, given=given)
+    return model_cache.load_or_train(
+        "arithmetic_masked_denoiser", spec, _build_arithmetic_denoiser,
+        lambda: _fit_on_problems(cfg, spec, _build_arithmetic_denoiser(spec), loss, lambda p: p.tokens))
 
 
 def _build_arithmetic_lm(spec: dict) -> its.models.Transformer:
@@ -114,19 +118,11 @@ def trained_arithmetic_lm(cfg: StudyConfig) -> model_cache.Cached:
     same width and depth trained with the next-token loss on the worked solutions of the same problems
     (same optimiser, steps and batches), cached on disk (verified on load)."""
     spec = arithmetic_spec(cfg)
-
-    def fit():
-        model = _build_arithmetic_lm(spec)
-        problems = arithmetic.sample_problems(jax.random.key(cfg.seed + 6), spec["data"], spec["max_digits"])
-        schedule = optax.warmup_cosine_decay_schedule(0.0, spec["peak_lr"], min(100, spec["steps"] // 2), spec["steps"])
-        model, losses = its.models.train(lambda m, batch, key: its.models.next_token_loss(m, *batch), model,
-                                         (problems.tokens, problems.loss_mask), optax.adamw(schedule),
-                                         spec["steps"], batch_size=spec["batch_size"], key=jax.random.key(cfg.seed + 7))
-        chunk = max(1, spec["steps"] // 30)
-        return model, {"epoch_losses": [float(v) for v in losses[: len(losses) // chunk * chunk]
-                                        .reshape(-1, chunk).mean(axis=1)]}
-
-    return model_cache.load_or_train("arithmetic_lm", spec, _build_arithmetic_lm, fit)
+    return model_cache.load_or_train(
+        "arithmetic_lm", spec, _build_arithmetic_lm,
+        lambda: _fit_on_problems(cfg, spec, _build_arithmetic_lm(spec),
+                                 lambda m, batch, key: its.models.next_token_loss(m, *batch),
+                                 lambda p: (p.tokens, p.loss_mask)))
 
 
 # ------------------------------------------------------------------------------ continuous sequences

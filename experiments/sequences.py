@@ -77,7 +77,7 @@ class StudyConfig(NamedTuple):
     forcing_denoisers: tuple = ("exact", "trained")   # diffusion forcing on the exact and a trained denoiser
     ssm_denoiser_width: int = 128
     ssm_denoiser_steps: int = 4000
-    arith_digits: int = 2                    # (c) the arithmetic task; () steps: section skipped
+    arith_digits: int = 2                    # (c) the arithmetic task; arith_samplers=(): section skipped
     arith_steps: tuple = (1, 2, 4, 8, 16, 23)
     arith_samplers: tuple = ("mdlm", "remdm", "maskgit", "ar")
     arith_width: int = 64
@@ -231,13 +231,13 @@ def arith_point(cfg: StudyConfig, name: str, steps: int, trained, trained_lm=Non
     ``trained()``: the masked denoiser, ``trained_lm()``: the causal LM (sampler ``"ar"``)."""
     mask, digits = arithmetic.VOCAB_SIZE, cfg.arith_digits
     problems = arithmetic.sample_problems(jax.random.key(cfg.seed + 8), cfg.arith_problems, digits)
-    x = jnp.concatenate([problems.prompts, jnp.full(problems.completions.shape, mask, jnp.int32)], axis=1)
     if name == "ar":
         lm = trained_lm()
         sampler = its.tokens.rollout(lm, init_cache=lm.init_cache, max_len=lm.max_len, eos_id=arithmetic.EOS,
                                      pad_id=arithmetic.PAD, max_new_tokens=steps)
         x = problems.prompts
     else:
+        x = jnp.concatenate([problems.prompts, jnp.full(problems.completions.shape, mask, jnp.int32)], axis=1)
         sampler = {"mdlm": lambda: mdlm(trained(), mask_id=mask),
                    "remdm": lambda: remdm(trained(), mask_id=mask, remasking="cap", eta=cfg.remdm_eta),
                    "maskgit": lambda: maskgit(trained(), mask_id=mask)}[name]()
@@ -421,7 +421,7 @@ def _plot_arith(arith, cfg, out_dir) -> str:
     ax.set_ylabel("accuracy (exact checker)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Trained masked diffusion on the arithmetic task")
+    ax.set_title("Trained masked diffusion and AR on the arithmetic task")
     return save_figure(fig, out_dir / f"{NAME}_arithmetic.png")
 
 
