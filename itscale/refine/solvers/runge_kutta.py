@@ -188,12 +188,14 @@ def _step(tableau: Tableau):
         return list(counting.scan(stage, slopes, jnp.arange(0 if first is None else 1, m))[0])
 
     def step(model: Model, state: RungeKuttaState, clock: Clock, key, params):
-        """The later stages run one per loop iteration for states of ``LOOP_MIN_SIZE`` entries or more:
-        unrolled, XLA schedules every stage's time features (the model's work on t alone) at the start
-        of the step, where their activations (batch x width each) stay live across the earlier stages;
-        on smaller states the loop's fixed cost per iteration outweighs that. (``lax.optimization_barrier``
-        is removed before that scheduling on CPU, and a data dependency on the previous stage would be a
-        cross-device collective on a sharded batch.)
+        """For states of ``LOOP_MIN_SIZE`` entries or more the stages run one per loop iteration, all of them
+        (one copy of the model in the program; a loop of one later stage would be inlined) or, on a step
+        that may be the final denoising step, those after the first: unrolled, XLA schedules every stage's
+        time features (the model's work on t alone) at the start of the step, where their activations
+        (batch x width each) stay live across the earlier stages; on smaller states the loop's fixed cost
+        per iteration outweighs that. (``lax.optimization_barrier`` is removed before that scheduling on
+        CPU, and a data dependency on the previous stage would be a cross-device collective on a sharded
+        batch.)
 
         Stages and the update are computed in the times' dtype (at least float32); the model gets each
         stage point in the state's dtype. When ``clock.denoise`` is set (a grid ending where the path's
