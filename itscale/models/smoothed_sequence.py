@@ -49,7 +49,7 @@ class SmoothedSSM:
         self.ssm, self.sigmas = ssm, smoothing_levels(sigmas)
         self.length = checks.positive_int("length", length)
         mu = np.asarray(ssm.mean(length), np.float64).reshape(-1)
-        sigma = np.asarray(ssm.covariance(length), np.float64)
+        sigma = self._covariance = np.asarray(ssm.covariance(length), np.float64)
         d, size = ssm.dim, mu.size
         weights = np.zeros((len(self.sigmas), length, d, 2 * size))
         offsets = np.zeros((len(self.sigmas), length, d))
@@ -72,8 +72,7 @@ class SmoothedSSM:
 
     def level_covariance(self, level: int) -> np.ndarray:
         """(M d, M d) Cov(y_level) = Σ + σ_level² I."""
-        sigma = np.asarray(self.ssm.covariance(self.length), np.float64)
-        return sigma + self.sigmas[level] ** 2 * np.eye(len(sigma))
+        return self._covariance + self.sigmas[level] ** 2 * np.eye(len(self._covariance))
 
     def ar(self, noisier, tokens, level):
         weights, offsets, chols = self._tables
