@@ -59,6 +59,10 @@ def scale_later_residuals(model: Transformer, scale: float) -> Transformer:
     return model
 
 
+def _row(case, value, unit, target=None, ok=None, note="") -> dict:
+    return dict(bench="sequences", case=case, value=value, unit=unit, target=target, ok=ok, note=note)
+
+
 def _runner(sampler, prompts, new_tokens):
     @jax.jit
     def run(key):
@@ -82,8 +86,8 @@ def bench_decoding(*, vocab_size=256, width=256, depth=8, num_heads=4, prompt_le
                    gamma=4, scaled_gamma=6, residual_scale=0.1, block=8, k=4, repeats=5) -> list[dict]:
     rows = []
 
-    def row(case, value, unit, target=None, ok=None, note=""):
-        rows.append(dict(bench="sequences", case=case, value=value, unit=unit, target=target, ok=ok, note=note))
+    def row(*args, **kwargs):
+        rows.append(_row(*args, **kwargs))
 
     max_len = prompt_len + new_tokens + max(gamma, scaled_gamma, block, k) + 2
 
@@ -143,15 +147,15 @@ def speculative_rows(target: Transformer, prompts, gamma: int, max_len: int, new
     note = (f"gamma={gamma}, temperature 1; {sizes}; acceptance {float(out.acceptance_rate):.2f}, "
             f"{float(out.tokens_per_call):.2f} tokens per target call; calls x call costs predict {ideal:.2f}x")
     speed = seconds["rollout"] / seconds["speculative"]
+    case = f"speculative ({label}): "
     return [
-        dict(bench="sequences", case=f"speculative ({label}): target call on {gamma + 1} positions / on 1",
-             value=verify, unit="x", target=None, ok=None, note=f"cached forward, batch 1; {sizes}"),
-        dict(bench="sequences", case=f"speculative ({label}): draft / target cost per token", value=draft_cost,
-             unit="x", target=None, ok=None, note="early-exit draft: the first block; rollout seconds ratio"),
-        dict(bench="sequences", case=f"speculative ({label}): target calls speed-up", value=new_tokens / calls,
-             unit="x", target=None, ok=None, note=f"{calls} calls vs {new_tokens}; {note}"),
-        dict(bench="sequences", case=f"speculative ({label}): wall-clock speed-up", value=speed, unit="x",
-             target=">= 1.5" if targeted else None, ok=bool(speed >= 1.5) if targeted else None, note=note),
+        _row(case + f"target call on {gamma + 1} positions / on 1", verify, "x",
+             note=f"cached forward, batch 1; {sizes}"),
+        _row(case + "draft / target cost per token", draft_cost, "x",
+             note="early-exit draft: the first block; rollout seconds ratio"),
+        _row(case + "target calls speed-up", new_tokens / calls, "x", note=f"{calls} calls vs {new_tokens}; {note}"),
+        _row(case + "wall-clock speed-up", speed, "x", ">= 1.5" if targeted else None,
+             bool(speed >= 1.5) if targeted else None, note=note),
     ]
 
 
@@ -165,9 +169,9 @@ def bench_mdlm(*, lengths=(16, 64, 256), vocab_size=256, width=128, depth=2, num
         x = jnp.full((batch, length), vocab_size, jnp.int32)
         run = jax.jit(lambda key, sampler=sampler, x=x: its.run(sampler, key, x, num_steps=steps).output.tokens)
         seconds = time_fn(functools.partial(run, jax.random.key(0)), repeats=repeats)
-        rows.append(dict(bench="sequences", case=f"MDLM L={length}: steps/s", value=steps / seconds, unit="steps/s",
-                         target=None, ok=None, note=f"batch {batch}, {steps} steps, denoiser d={width}, depth {depth}; "
-                         f"{batch * length * steps / seconds:.0f} positions/s"))
+        rows.append(_row(f"MDLM L={length}: steps/s", steps / seconds, "steps/s",
+                         note=f"batch {batch}, {steps} steps, denoiser d={width}, depth {depth}; "
+                              f"{batch * length * steps / seconds:.0f} positions/s"))
     return rows
 
 
