@@ -4,11 +4,12 @@ the process verifier that compares each generated step with the exact working, a
 The task's names (``sample_problems``, ``encode``, ``VOCAB_SIZE``, ...) are re-exported here, so
 ``from itscale.verifiers import arithmetic`` gives the task and its verifiers in one namespace. Every
 function is batched over the leading axis, order preserving, vectorized (no Python loop over rows) and
-jit-friendly; sizes (batch, max_digits) are static Python ints.
+jit-compiled; sizes (batch, max_digits) are static Python ints.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 
+@jax.jit
 def is_correct(prompt_tokens: jax.Array, completion_tokens: jax.Array) -> jax.Array:
     """Exact outcome check (batch,) bool: the extracted answer equals a + b (the working is not read)."""
     a, b = parse_prompt(prompt_tokens)
@@ -38,6 +40,7 @@ def is_correct(prompt_tokens: jax.Array, completion_tokens: jax.Array) -> jax.Ar
     return (a >= 0) & (b >= 0) & (answer >= 0) & (answer == a + b)
 
 
+@jax.jit
 def outcome_reward(prompt_tokens: jax.Array, completion_tokens: jax.Array) -> jax.Array:
     """:func:`is_correct` as a float32 reward in {0, 1}."""
     return is_correct(prompt_tokens, completion_tokens).astype(jnp.float32)
@@ -56,6 +59,7 @@ class StepCheck(NamedTuple):
     completed: jax.Array
 
 
+@functools.partial(jax.jit, static_argnames="max_digits")
 def prefix_correct(tokens: jax.Array, max_digits: int) -> StepCheck:
     """Process verifier from the exact working: which generated steps are consistent with it.
 
@@ -78,6 +82,7 @@ def prefix_correct(tokens: jax.Array, max_digits: int) -> StepCheck:
     return StepCheck(correct, step[None, :] < terminators[:, None])
 
 
+@functools.partial(jax.jit, static_argnames="max_digits")
 def process_reward(tokens: jax.Array, max_digits: int) -> jax.Array:
     """1.0 if every completed step of each sequence is consistent with the exact working, else 0.0.
 

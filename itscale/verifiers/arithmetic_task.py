@@ -16,11 +16,13 @@ transformer's cache expects); completions are right-padded to ``completion_lengt
 This module defines the task (vocabulary, problem sampling, prompt and solution tokens, parsing of
 prompts and answers); its verifiers are in :mod:`itscale.verifiers.arithmetic`, which re-exports
 every name here. Every function is batched over the leading axis, order preserving, vectorized (no
-Python loop over rows) and jit-friendly; sizes (batch, max_digits) are static Python ints.
+Python loop over rows) and jit-compiled (one program per shape, not one dispatch per operation); sizes
+(batch, max_digits) are static Python ints.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -101,6 +103,7 @@ class Problems(NamedTuple):
         return jnp.concatenate([jnp.zeros_like(self.prompts, bool), self.completions != PAD], axis=1)
 
 
+@functools.partial(jax.jit, static_argnames=("batch_size", "max_digits", "min_digits"))
 def sample_problems(key: jax.Array, batch_size: int, max_digits: int, *, min_digits: int = 1) -> Problems:
     """Random problems: for each row n ~ U{min_digits..max_digits}, then a, b ~ U{0..10^n - 1}."""
     batch_size = checks.positive_int("batch_size", batch_size)
@@ -115,6 +118,7 @@ def sample_problems(key: jax.Array, batch_size: int, max_digits: int, *, min_dig
     return Problems(format_prompt(a, b, max_digits), worked_solution(a, b, max_digits), a, b)
 
 
+@functools.partial(jax.jit, static_argnames="max_digits")
 def format_prompt(a: jax.Array, b: jax.Array, max_digits: int) -> jax.Array:
     """Left-padded prompt tokens ``a+b=`` (batch, prompt_length(max_digits)) for int arrays a, b.
 
@@ -132,6 +136,7 @@ def format_prompt(a: jax.Array, b: jax.Array, max_digits: int) -> jax.Array:
     return jnp.where(r < a_start + _num_digits(a), tokens, PAD)
 
 
+@functools.partial(jax.jit, static_argnames="max_digits")
 def worked_solution(a: jax.Array, b: jax.Array, max_digits: int) -> jax.Array:
     """Exact completion tokens (steps, ``#``, answer, EOS), right-padded to completion_length.
 
@@ -159,6 +164,7 @@ def worked_solution(a: jax.Array, b: jax.Array, max_digits: int) -> jax.Array:
     return jnp.where(offset < 0, steps, tail)
 
 
+@jax.jit
 def parse_prompt(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Operands (a, b) of prompts ``[PAD...] a + b =`` (batch,) int32; -1 where malformed.
 
@@ -168,6 +174,7 @@ def parse_prompt(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     return a, b
 
 
+@jax.jit
 def extract_answer(tokens: jax.Array) -> jax.Array:
     """The number between the first ``#`` and the next EOS (batch,) int32; -1 if malformed.
 
