@@ -89,6 +89,11 @@ def _normalize(name: str, log_weights: jax.Array, axes) -> jax.Array:
         if not np.isfinite(values).any(axis=axes).all():
             raise ValueError(f"{name} has a distribution with no finite log-weight (all -inf); every "
                              "normalised slice needs at least one possible token")
+    return _log_normalize(log_weights, axes)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _log_normalize(log_weights: jax.Array, axes) -> jax.Array:
     return log_weights - logsumexp(log_weights, axis=axes, keepdims=True)
 
 

@@ -21,6 +21,7 @@ per-token observation matrices, and are the independent check of the dense formu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -88,6 +89,7 @@ class LinearGaussianSSM:
         return jnp.shape(self.initial_mean)[0]
 
     # ---- the exact law of a sequence -------------------------------------------------------------
+    @functools.partial(jax.jit, static_argnames="length")
     def marginal_covs(self, length: int) -> jax.Array:
         """(M, d, d) P_m = Cov(x_m): P_0 = P0, P_{m+1} = A P_m Aᵀ + Q."""
         positive_int("length", length)
@@ -98,11 +100,13 @@ class LinearGaussianSSM:
 
         return lax.scan(advance, self.initial_cov, None, length=length)[1]
 
+    @functools.partial(jax.jit, static_argnames="length")
     def mean(self, length: int) -> jax.Array:
         """(M, d) E[x_m] = A^m μ0."""
         positive_int("length", length)
         return lax.scan(lambda m, _: (self.transition @ m, m), self.initial_mean, None, length=length)[1]
 
+    @functools.partial(jax.jit, static_argnames="length")
     def covariance(self, length: int) -> jax.Array:
         """(M d, M d) Σ with blocks Σ_{mn} = A^{m−n} P_n (m ≥ n), Σ_{nm} = Σ_{mn}ᵀ; token-major order."""
         d, p = self.dim, self.marginal_covs(length)
@@ -113,17 +117,20 @@ class LinearGaussianSSM:
         blocks = jnp.where((m >= n)[..., None, None], lower, jnp.swapaxes(lower, -1, -2))
         return blocks.transpose(0, 2, 1, 3).reshape(length * d, length * d)
 
+    @jax.jit
     def log_prob(self, x) -> jax.Array:
         """Exact log p(x) of sequences ``x`` (..., M, d) by the chain rule of the Markov chain."""
         first = _gaussian_log_prob(x[..., 0, :] - self.initial_mean, self.initial_cov)
         residual = x[..., 1:, :] - x[..., :-1, :] @ self.transition.T
         return first + jnp.sum(_gaussian_log_prob(residual, self.noise_cov), axis=-1)
 
+    @functools.partial(jax.jit, static_argnames="length")
     def expected_log_prob(self, length: int) -> jax.Array:
         """E[log p(x)] = −½ d M (1 + log 2π) − ½ log det Σ (the negative entropy of the sequence law)."""
         size = length * self.dim
         return -0.5 * size * (1.0 + math.log(2 * math.pi)) - 0.5 * jnp.linalg.slogdet(self.covariance(length))[1]
 
+    @functools.partial(jax.jit, static_argnames=("n", "length"))
     def sample(self, key, n: int, length: int) -> jax.Array:
         """(n, M, d) sequences drawn by running the chain."""
         positive_int("n", n)
