@@ -57,7 +57,7 @@ def test_budget_split_and_exact_nfe():
     assert np.all(np.asarray(out.info["best_seen_score"]) >= np.asarray(out.best_score))
 
 
-def test_a_constant_reward_is_the_base_sampler_bit_for_bit_and_spends_the_whole_budget():
+def test_a_constant_reward_is_the_base_sampler_draw_for_draw_and_spends_the_whole_budget():
     budget, x = 23, NOISE[:1]
     search = rbf(BASE, _constant, nfe_budget=budget)
 
@@ -66,7 +66,7 @@ def test_a_constant_reward_is_the_base_sampler_bit_for_bit_and_spends_the_whole_
                 its.run(BASE, key, x, num_steps=STEPS).output)
 
     searched, base = jax.jit(jax.vmap(both))(jax.random.split(KEY, 64))
-    np.testing.assert_array_equal(searched, base)
+    np.testing.assert_allclose(searched, base, rtol=1e-12)      # two programs: equal to float64 rounding
     result = _run(search, NOISE[:8])
     drawn, spent = _candidates_under_a_constant_reward(budget)
     np.testing.assert_array_equal(result.output.info["candidates"], np.full(8, drawn))

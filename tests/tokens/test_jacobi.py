@@ -21,13 +21,18 @@ ROLLOUTS = {eos_id: its.tokens.rollout(MODEL.logits_fn, eos_id=eos_id, **CONTROL
 
 
 def assert_same_generation(parallel, sequential):
-    for field in ("tokens", "log_probs", "sample_log_probs", "lengths", "prompt_lengths", "finished"):
+    """The same tokens bit for bit; their log-probabilities, computed by differently shaped programs, to
+    float64 rounding."""
+    for field in ("tokens", "lengths", "prompt_lengths", "finished"):
         np.testing.assert_array_equal(np.asarray(getattr(parallel, field)),
                                       np.asarray(getattr(sequential, field)), err_msg=field)
+    for field in ("log_probs", "sample_log_probs"):
+        np.testing.assert_allclose(np.asarray(getattr(parallel, field)), np.asarray(getattr(sequential, field)),
+                                   rtol=1e-12, err_msg=field)
 
 
 @pytest.mark.parametrize("block, eos_id", [(None, None), (4, 4)])
-def test_jacobi_equals_rollout_bitwise_within_n_iterations(block, eos_id):
+def test_jacobi_equals_rollout_token_for_token_within_n_iterations(block, eos_id):
     sampler = its.tokens.jacobi(MODEL.logits_fn, block=block, eos_id=eos_id, **CONTROLS)
     reference = ROLLOUTS[eos_id]
     width = N if block is None else block
