@@ -51,8 +51,9 @@ from experiments.bench.timing import time_fn
 from experiments.common import (StudyResult, Sweep, jsonable, markdown_table, save_figure, study_main)
 from experiments.scaling_models import ScalingConfig
 from itscale.scaling import (agreement_difficulty, allocate, fit_power_law, flops_of, flops_per_call,
-                             matched_inference_multiplier, masked_select, plan_allocation, quantile_edges,
-                             query_cost, tier_summary, tiers_from_edges, uniform_allocation)
+                             matched_inference_multiplier, masked_select, nearest_calibrated_tier,
+                             plan_allocation, quantile_edges, query_cost, tier_summary, tiers_from_edges,
+                             uniform_allocation)
 from itscale.verifiers import arithmetic, digits as digit_rewards
 
 NAME = "scaling"
@@ -699,7 +700,8 @@ def adaptive(pool: dict, lm_info: dict, cfg: StudyConfig, *, route: bool = False
     k = cfg.probe
     difficulty = np.asarray(agreement_difficulty(jnp.asarray(answers), k=k))
     edges = quantile_edges(jnp.asarray(difficulty[cal]), cfg.num_tiers)
-    tiers = np.asarray(tiers_from_edges(jnp.asarray(difficulty), edges))
+    tiers = tiers_from_edges(jnp.asarray(difficulty), edges)
+    tiers = np.asarray(nearest_calibrated_tier(tiers, tiers[cal], cfg.num_tiers))      # no curves elsewhere
     unit = {rule: max(1, int(round(lm_info["cost"][rule] / 1e3))) for rule in RULES}
     names = RULES + ((LARGE,) if route else ())
     widths_all = widths_up_to(cfg.pool_samples)

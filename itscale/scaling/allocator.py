@@ -76,6 +76,11 @@ def _curves(accuracy, widths, nfe_per_width, tier_sizes):
         if v.shape != (n,) or v.dtype.kind not in "iu" or np.any(v < (0 if name == "tier_sizes" else 1)):
             raise ValueError(f"{name} must be {n} {'non-negative' if name == 'tier_sizes' else 'positive'} "
                              f"ints to match accuracy of shape {acc.shape}, got {v.tolist()}")
+    unmeasured = np.flatnonzero((sizes > 0) & ~np.isfinite(acc).reshape(acc.shape[0], -1).any(axis=1))
+    if unmeasured.size:
+        raise ValueError(f"accuracy has no measured (finite) entry for tier(s) {unmeasured.tolist()}, which "
+                         f"hold queries (tier_sizes {sizes[unmeasured].tolist()}); measure them, or move their "
+                         "queries to a calibrated tier (itscale.scaling.nearest_calibrated_tier)")
     nfe = (cost[:, None] * widths[None, :]).astype(np.int64).ravel()          # (options · widths,)
     return acc.reshape(acc.shape[0], -1), nfe, sizes.astype(np.int64), widths.astype(np.int64)
 
@@ -97,9 +102,8 @@ def _plan(choices, flat_acc, nfe, sizes, widths) -> AllocationPlan:
 
 
 def _too_small(flat_acc, nfe, sizes, budget, per_query: bool):
-    cheapest = np.array([nfe[np.isfinite(row)].min() if np.isfinite(row).any() else np.inf
-                         for row in flat_acc])
-    need = int(cheapest.max()) if per_query else int(np.sum(np.where(sizes > 0, sizes * cheapest, 0)))
+    cheapest = np.array([nfe[np.isfinite(row)].min() if size else 0 for row, size in zip(flat_acc, sizes)])
+    need = int(cheapest.max()) if per_query else int(np.sum(sizes * cheapest))
     what = "each query's share nfe_budget // num_queries" if per_query else "nfe_budget"
     return ValueError(f"{what} is too small: the cheapest measured option of every tier needs "
                       f"{need} NFE{' per query' if per_query else ''}, got nfe_budget={budget}")

@@ -16,7 +16,10 @@ computed from the first ``k`` samples of each (last axis):
 quantiles e_j = Q(j / D), j = 1 … D − 1 (linear interpolation), and tier = #{j : d > e_j}; a NaN
 or +inf difficulty is read as the largest (hardest), −inf as the smallest (a quarter of the dtype's
 largest float, so interpolated edges stay finite). Equal difficulties always share a tier, so
-coarse measures (agreement of k samples takes k values) give unequal tiers. All functions are
+coarse measures (agreement of k samples takes k values) give unequal tiers, some of them possibly
+empty: with fixed calibration edges a new query can land in a tier no calibration query holds (harder
+than every calibration query, when the top edge is the calibration's largest value), where nothing was
+measured; :func:`nearest_calibrated_tier` moves it to the closest tier that was. All functions are
 jit-able; ``k`` and ``num_tiers`` are static.
 """
 
@@ -107,3 +110,18 @@ def quantile_tiers(difficulty, num_tiers: int) -> jax.Array:
     when D divides the batch). For a fixed calibration, compute :func:`quantile_edges` on a reference
     set and call :func:`tiers_from_edges`."""
     return tiers_from_edges(difficulty, quantile_edges(difficulty, num_tiers))
+
+
+def nearest_calibrated_tier(tiers, calibration_tiers, num_tiers: int) -> jax.Array:
+    """Each tier replaced by the nearest tier holding a calibration query, the harder one at equal distance
+    (int32, the shape of ``tiers``): queries of a tier without calibration data are planned with the
+    measured curves closest to them. ``calibration_tiers`` must hold at least one query."""
+    num_tiers = checks.positive_int("num_tiers", num_tiers)
+    calibration_tiers = jnp.ravel(jnp.asarray(calibration_tiers))
+    if calibration_tiers.size == 0:
+        raise ValueError("calibration_tiers is empty: no tier was calibrated")
+    present = jnp.zeros(num_tiers, bool).at[calibration_tiers].set(True)
+    tiers = jnp.asarray(tiers)[..., None]
+    candidate = jnp.arange(num_tiers)
+    rank = 2 * jnp.abs(tiers - candidate) - (candidate > tiers)               # ties go to the harder tier
+    return jnp.argmin(jnp.where(present, rank, 2 * num_tiers + 1), axis=-1).astype(jnp.int32)

@@ -95,6 +95,11 @@ def test_unmeasured_points_empty_tiers_and_errors():
         plan_allocation(accuracy, WIDTHS[:3], NFE_PER_WIDTH, SIZES, 100)
     with pytest.raises(ValueError, match="nfe_budget"):
         uniform_allocation(accuracy, WIDTHS, NFE_PER_WIDTH, SIZES, 11)
+    accuracy[1] = np.nan                                                # tier 1: nothing measured
+    for allocation in (plan_allocation, uniform_allocation):
+        with pytest.raises(ValueError, match=r"accuracy has no measured .* tier\(s\) \[1\]"):
+            allocation(accuracy, WIDTHS, NFE_PER_WIDTH, SIZES, 100)
+        allocation(accuracy, WIDTHS, NFE_PER_WIDTH, np.array([3, 0, 5]), 100)   # an empty tier needs no curve
 
 
 def _reference(scores, answers, n, rule):

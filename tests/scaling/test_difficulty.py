@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from itscale.scaling.difficulty import (agreement_difficulty, answer_agreement, quantile_edges,
-                                        quantile_tiers, score_difficulty, score_stats, tiers_from_edges)
+from itscale.scaling.difficulty import (agreement_difficulty, answer_agreement, nearest_calibrated_tier,
+                                        quantile_edges, quantile_tiers, score_difficulty, score_stats,
+                                        tiers_from_edges)
 from itscale.scaling.telemetry import query_cost, tier_summary
 
 ANSWERS = jnp.array([[1, 1, 1, 2], [3, 4, 5, 6], [-1, -1, 7, 7], [2, 2, 3, 3]])
@@ -66,3 +67,21 @@ def test_query_cost_and_tier_summary():
     np.testing.assert_allclose(summary.mean, [2.5, np.nan, 8.5])
     np.testing.assert_allclose(summary.quantiles, [[np.quantile([1, 2, 3, 4], 0.5), 4.0], [np.nan, np.nan],
                                                    [8.5, 10.0]])
+
+
+def test_tiers_without_calibration_queries_move_to_the_nearest_calibrated_one():
+    # agreement of 4 samples takes 5 values: the top edge is the calibration's largest value, so a
+    # harder new query lands in tier 2, which no calibration query holds
+    calibration = jnp.array([0.0, 0.25, 0.5, 0.5, 0.75, 0.75, 0.75, 0.75])
+    edges = quantile_edges(calibration, 3)
+    new = tiers_from_edges(jnp.array([0.0, 0.75, 1.0]), edges)
+    np.testing.assert_array_equal(new, [0, 1, 2])
+    cal_tiers = tiers_from_edges(calibration, edges)
+    assert 2 not in np.asarray(cal_tiers)
+    moved = jax.jit(nearest_calibrated_tier, static_argnums=2)(new, cal_tiers, 3)
+    np.testing.assert_array_equal(moved, [0, 1, 1])
+    # the nearest calibrated tier, the harder one at equal distance; calibrated tiers stay
+    np.testing.assert_array_equal(nearest_calibrated_tier(jnp.arange(5), jnp.array([0, 4]), 5), [0, 0, 4, 4, 4])
+    np.testing.assert_array_equal(nearest_calibrated_tier(jnp.arange(4), jnp.arange(4), 4), np.arange(4))
+    with pytest.raises(ValueError, match="calibration_tiers is empty"):
+        nearest_calibrated_tier(new, jnp.zeros((0,), jnp.int32), 3)
