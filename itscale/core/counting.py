@@ -282,6 +282,20 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init_val):
     return final
 
 
+def unless(done, fn: Callable, state):
+    """``state`` if ``done`` else ``fn(state)``, counting ``fn``'s evaluations only when it runs.
+
+    A ``lax.while_loop`` of at most one iteration rather than ``lax.cond(done, identity, fn, state)``: XLA
+    updates a loop's carry in place, while a cond copies every array its identity branch passes through
+    (a token sampler's KV caches, on every step after the rows are done and again into the enclosing loop).
+    """
+    def body(carry):
+        value, _ = carry
+        return fn(value), jnp.bool_(True)
+
+    return while_loop(lambda carry: ~(carry[1] | done), body, (state, jnp.bool_(False)))[0]
+
+
 def switch(index, branches, *operands):
     """``lax.switch`` counting only the branch taken."""
     out, counts = lax.switch(index, [_with_counts(b) for b in branches], *operands)

@@ -16,7 +16,7 @@ Run with ``num_steps = ceil(L / block)``; NFE = ``batch x inner_steps`` per bloc
 ``refinement_outer(inner, *, inner_steps)``: every outer step is a sweep that runs ``inner`` for
 ``inner_steps`` steps from the current value ``x`` and replaces ``x`` by the inner output, which must
 have the structure, shapes and dtypes of ``x``. When a sweep leaves ``x`` unchanged (all rows), later
-sweeps make no call (``itscale.core.cond``). Jacobi decoding is this over :func:`sequence_pass`
+sweeps make no call (``itscale.core.unless``). Jacobi decoding is this over :func:`sequence_pass`
 (Song et al. 2021, arXiv 2002.03629): after ``j`` sweeps the first ``j`` new tokens equal greedy AR
 decoding.
 
@@ -133,7 +133,7 @@ def refinement_outer(inner: Sampler, *, inner_steps: int = 1) -> Sampler:
         return Refined(value, state.sweeps + 1, same)
 
     def step(key, state, ctx, params):
-        state = counting.cond(state.converged, lambda s: s, lambda s: sweep(key, s, params), state)
+        state = counting.unless(state.converged, lambda s: sweep(key, s, params), state)
         return state, {"converged": state.converged}
 
     return Sampler(init, step, lambda state: state, inner.params, lambda state: state.value,

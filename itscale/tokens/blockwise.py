@@ -26,7 +26,7 @@ samples with noise fixed up front, and the output equals ``rollout``'s for the s
 both cases (for models whose logits at a position do not depend on how positions were batched).
 
 One run step is one round; rows move on independently and a round with no running row makes no call
-(``itscale.core.cond``), so ``stats.nfe = batch x P + rounds x batch x k`` with ``rounds =
+(``itscale.core.unless``), so ``stats.nfe = batch x P + rounds x batch x k`` with ``rounds =
 max(target_calls)``. The output adds per-row ``target_calls`` (rounds while the row ran) and
 ``tokens_per_call``.
 """
@@ -131,7 +131,7 @@ def blockwise(logits_fn: Callable, *, k: int, temperature: float = 0.0, top_k: i
         return BlockwiseState(decode, block, state.target_calls + running.astype(jnp.int32))
 
     def step(key, state, ctx, params):
-        state = counting.cond(jnp.all(state.decode.seq.done), lambda s: s, lambda s: round_(s, params), state)
+        state = counting.unless(jnp.all(state.decode.seq.done), lambda s: round_(s, params), state)
         return state, {"running": jnp.sum(~state.decode.seq.done)}
 
     def finalize(state):

@@ -14,7 +14,7 @@ independently; with EOS, only the tokens up to the first EOS must agree.
 One run step is one iteration. ``max_new_tokens`` (default: the run's ``num_steps``, read by ``init``
 from its context ``ctx.num_steps``) fixes the output
 and ``block`` (default: all of it) the block length; run ``num_steps >= max_new_tokens`` (the worst case) to always converge -- once every
-row is done the remaining steps make no model call (early freeze: ``itscale.core.cond``), so NFE is
+row is done the remaining steps make no model call (early freeze: ``itscale.core.unless``), so NFE is
 ``batch x P`` (prefill) ``+ batch x b`` per iteration actually run. The output adds per-row
 ``iterations`` (model calls while the row was running) and ``converged``.
 
@@ -123,7 +123,7 @@ def jacobi(logits_fn: Callable, *, block: int | None = None, temperature: float 
 
     def step(key, state, ctx, params):
         all_done = jnp.all(state.decode.seq.done)
-        state = counting.cond(all_done, lambda s: s, lambda s: iterate(s, params), state)
+        state = counting.unless(all_done, lambda s: iterate(s, params), state)
         return state, {"running": jnp.sum(~state.decode.seq.done)}
 
     def finalize(state):

@@ -19,7 +19,7 @@ State: both caches hold every decided token but the last one, which opens the ne
 prefills ``P - 1`` prompt tokens in each model (NFE ``2 x batch x (P - 1)``), a round feeds
 ``gamma + 1`` positions to each model (the draft: ``gamma + 1`` calls of one position, the target: one
 call) and rewinds both by the ``gamma - k`` rejected positions. Rows move on independently; a round with
-no running row makes no call (``itscale.core.cond``), so ``stats.nfe = 2 x batch x (P - 1) +
+no running row makes no call (``itscale.core.unless``), so ``stats.nfe = 2 x batch x (P - 1) +
 rounds x 2 x batch x (gamma + 1)`` with ``rounds = max(target_calls)``. Draft and target evaluations are
 both counted as ``"nfe"``; the output reports each row's ``target_calls`` (rounds while it ran),
 ``accepted`` drafts and ``tests`` (acceptance tests made), hence ``acceptance_rate`` and
@@ -198,7 +198,7 @@ def speculative(target_logits_fn: Callable, draft_logits_fn: Callable, *, gamma:
                                 state.tests + count * jnp.minimum(k + 1, gamma))
 
     def step(key, state, ctx, params):
-        state = counting.cond(jnp.all(state.seq.done), lambda s: s, lambda s: round_(s, params), state)
+        state = counting.unless(jnp.all(state.seq.done), lambda s: round_(s, params), state)
         return state, {"running": jnp.sum(~state.seq.done)}
 
     def finalize(state):

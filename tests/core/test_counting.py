@@ -1,5 +1,7 @@
 """NFE accounting is exact under vmap, scan, cond, switch and while_loop, and refuses to miscount."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,6 +72,34 @@ def test_cond_counts_only_the_branch_taken_at_run_time():
         return core.cond(ctx.step % 2 == 0, lambda y: f(f(y)), lambda y: y, x)
 
     assert int(run_step(step, jnp.ones((3, 2)), num_steps=5).stats.nfe) == 3 * 2 * 3  # steps 0, 2, 4
+
+
+def test_unless_runs_and_counts_only_while_not_done_and_copies_no_carried_state():
+    f = core.counted(model)
+
+    def step(x, ctx):  # two calls on steps 0 and 1, none after
+        return core.unless(ctx.step >= 2, lambda y: f(f(y)), x)
+
+    result = run_step(step, jnp.ones((3, 2)), num_steps=5)
+    assert int(result.stats.nfe) == 3 * 2 * 2
+    np.testing.assert_array_equal(result.output, 0.5 ** 4)
+
+    # A loop whose step updates a large array until done: the cond's identity branch copies it (and the
+    # cond's result is copied back into the loop carry); unless updates it in place.
+    big = jnp.zeros((64, 4096), jnp.float32)
+
+    def loop(skip, state):
+        def body(state, i):
+            return skip(i >= 3, lambda s: s.at[i].add(1.0), state), None
+        return lax.scan(body, state, jnp.arange(8))[0]
+
+    def copies(skip):
+        text = jax.jit(loop, static_argnums=0, donate_argnums=1).lower(skip, big).compile().as_text()
+        return [line for line in text.splitlines() if re.search(r"f32\[64,4096\]\S* copy\(", line)]
+
+    assert copies(lambda done, fn, s: lax.cond(done, lambda s: s, fn, s)) != []
+    assert copies(core.unless) == []
+    np.testing.assert_array_equal(jax.jit(loop, static_argnums=0)(core.unless, big)[:4, 0], [1, 1, 1, 0])
 
 
 def test_switch_and_while_loop_count_what_runs():
