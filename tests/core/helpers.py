@@ -1,4 +1,6 @@
-"""Tiny samplers with closed-form results, shared by the core tests."""
+"""Tiny samplers with closed-form results, shared by the core tests, and a reader of compiled loops."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -30,3 +32,13 @@ def noisy(model=decay_model) -> its.Sampler:
         return x - 0.01 * model(x, 0.0) + 0.1 * jax.random.normal(key, x.shape), {}
 
     return its.Sampler(lambda key, x, params: x, step, lambda x: x)
+
+
+def carried_copies(loop, variant, carry, *args) -> list[str]:
+    """Lines of the compiled ``loop(variant, carry, *args)`` (``variant`` static, ``carry`` donated) that
+    copy an array of ``carry``'s dtype and shape: a loop that updates its carry in place holds none."""
+    dtype = jnp.dtype(carry.dtype)
+    hlo_type = {"f": "f", "i": "s", "u": "u"}[dtype.kind] + str(8 * dtype.itemsize)
+    shape = ",".join(map(str, carry.shape))
+    text = jax.jit(loop, static_argnums=0, donate_argnums=1).lower(variant, carry, *args).compile().as_text()
+    return [line for line in text.splitlines() if re.search(rf"{hlo_type}\[{shape}\]\S* copy\(", line)]

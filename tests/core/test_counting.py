@@ -1,7 +1,5 @@
 """NFE accounting is exact under vmap, scan, cond, switch and while_loop, and refuses to miscount."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +8,7 @@ from jax import lax
 
 import itscale as its
 from itscale import core
+from tests.core.helpers import carried_copies
 
 
 def model(x, t=0.0):
@@ -93,12 +92,8 @@ def test_unless_runs_and_counts_only_while_not_done_and_copies_no_carried_state(
             return skip(i >= 3, lambda s: s.at[i].add(1.0), state), None
         return lax.scan(body, state, jnp.arange(8))[0]
 
-    def copies(skip):
-        text = jax.jit(loop, static_argnums=0, donate_argnums=1).lower(skip, big).compile().as_text()
-        return [line for line in text.splitlines() if re.search(r"f32\[64,4096\]\S* copy\(", line)]
-
-    assert copies(lambda done, fn, s: lax.cond(done, lambda s: s, fn, s)) != []
-    assert copies(core.unless) == []
+    assert carried_copies(loop, lambda done, fn, s: lax.cond(done, lambda s: s, fn, s), big) != []
+    assert carried_copies(loop, core.unless, big) == []
     np.testing.assert_array_equal(jax.jit(loop, static_argnums=0)(core.unless, big)[:4, 0], [1, 1, 1, 0])
 
 

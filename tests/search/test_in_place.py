@@ -1,8 +1,6 @@
 """Resampling in place: the same offspring counts, survivors kept in their slots, only dead slots written,
 equal to a gather with the permuted ancestors, and no copy of a large carried state in a loop."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +10,7 @@ from hypothesis import strategies as st
 
 from itscale import search
 from itscale.search import in_place
+from tests.core.helpers import carried_copies
 
 # A few sizes, so that the jitted functions compile once per size.
 _ancestors = st.sampled_from([1, 5, 16, 33]).flatmap(
@@ -115,9 +114,7 @@ def test_no_resampling_event_writes_nothing_and_a_large_state_is_not_copied_in_a
         return jax.lax.scan(body, state, jax.random.split(key, 5))[0]
 
     def copies(resample):
-        compiled = jax.jit(loop, static_argnums=0, donate_argnums=1).lower(resample, state, jax.random.key(1))
-        return [line for line in compiled.compile().as_text().splitlines()
-                if re.search(rf"f32\[{n},{row}\]\S* copy\(", line)]
+        return carried_copies(loop, resample, state, jax.random.key(1))
 
     assert copies(lambda state, ancestors: state[ancestors]) != []     # the gather's copy into the carry
     assert copies(in_place.resample_in_place) == []
