@@ -2,8 +2,8 @@
 
 Each study in ``STUDIES`` is a module exposing ``study(out_dir, *, quick) -> StudyResult`` on embedded
 default tasks (analytic models, data shipped with packages, models trained here; no downloads). The
-default runs each study's quick sizes (the whole report within 15 minutes on 2 cores, training
-included); ``--full`` runs the larger sweeps.
+default runs each study's quick sizes (the whole report in 15 to 25 minutes on 2 cores from an empty
+cache, training included); ``--full`` runs the larger sweeps.
 Writes ``results/report.md`` (one section per study, PNG plots beside it) and ``results/figures.json``
 (every figure), atomically. Sweeps inside studies resume where an interrupted run stopped.
 
