@@ -131,4 +131,4 @@ def jacobi(logits_fn: Callable, *, block: int | None = None, temperature: float 
         return JacobiGeneration(*out, state.iterations, state.decode.seq.done)
 
     return Sampler(init, step, finalize, params, watch_within(watch_outputs, "decode"),
-                   validate=validate_tokens(model))
+                   validate=validate_tokens(model), nfe_per_step=block)

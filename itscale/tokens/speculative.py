@@ -209,4 +209,5 @@ def speculative(target_logits_fn: Callable, draft_logits_fn: Callable, *, gamma:
         """All but the KV caches (their NaN reach the sequences' log-probabilities)."""
         return state._replace(target_cache=None, draft_cache=None)
 
-    return Sampler(init, step, finalize, params, watch, validate=validate_tokens(target, draft))
+    return Sampler(init, step, finalize, params, watch, validate=validate_tokens(target, draft),
+                   nfe_per_step=2 * (gamma + 1))

@@ -36,6 +36,7 @@ def test_jacobi_equals_rollout_token_for_token_within_n_iterations(block, eos_id
     sampler = its.tokens.jacobi(MODEL.logits_fn, block=block, eos_id=eos_id, **CONTROLS)
     reference = ROLLOUTS[eos_id]
     width = N if block is None else block
+    assert sampler.nfe_per_step == block          # None: the block is the run's max_new_tokens
     for i, params in enumerate(SETTINGS):
         key = jax.random.key(i)
         parallel = its.run(sampler, key, PROMPTS, num_steps=N, params=params)
