@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -313,3 +314,19 @@ def cond(pred, true_fun: Callable, false_fun: Callable, *operands):
 def eval_shape(fn: Callable, *args, **kwargs):
     """``jax.eval_shape`` of a function that may call counted functions (its counts are discarded)."""
     return jax.eval_shape(lambda *a, **k: _with_counts(fn)(*a, **k)[0], *args, **kwargs)
+
+
+def static_cost(fn: Callable, *args, kind: str = "nfe") -> int | None:
+    """What ``fn(*args)`` would count under ``kind``, read from an abstract trace (``jax.eval_shape``) in a
+    ledger of its own: nothing runs and nothing is counted. None when a cost is a traced value (a call
+    under a counting drop-in, a data-dependent cost), which only a run can measure."""
+    costs = []
+
+    def probe(*a):
+        with ledger() as led:
+            out = fn(*a)
+        costs.extend(led.entries[kind])
+        return out
+
+    jax.eval_shape(probe, *args)
+    return sum(int(c) for c in costs) if all(isinstance(c, numbers.Integral) for c in costs) else None

@@ -27,10 +27,10 @@ candidates j >= width_q are masked (score −inf, no answer), and its option sel
 masks — argmax of the score (``"best_of_n"``), the majority answer (``"majority_vote"``) or the
 score-weighted answer (``"weighted_vote"``, scores read as nonnegative weights), the chosen candidate
 being the best-scored one with the winning answer — so no ``lax.switch`` and no recompiling for new
-widths. Honest NFE: ``stats.nfe`` is what ran (rows × steps × NFE per step, empty slots included);
-``info["nfe_allocated"]`` is each query's planned share (width_q × steps × NFE per step) and
-``info["nfe_executed"]`` its slot's (w_b × steps × NFE per step); evaluations the base sampler makes in
-``init`` (a prompt's prefill) are in ``stats.nfe`` only.
+widths. Honest NFE: ``stats.nfe`` is what ran (rows × (row_init + steps × NFE per step), empty slots
+included); ``info["nfe_allocated"]`` is each query's planned share (width_q × (row_init + steps × NFE per
+step)) and ``info["nfe_executed"]`` its slot's (w_b × the same), with ``row_init`` what the base
+sampler's ``init`` spends per row (a prompt's prefill; :func:`itscale.search.init_nfe_per_row`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from itscale.core.sampler import Sampler, init_state, watch_within
 from itscale.core.weights import takes_models
 from itscale.search.best_of_n import fresh_copies
 from itscale.search.output import invalid_as_impossible, is_invalid, search_output, take_index
-from itscale.search.split import SearchSplit, fixed_split
+from itscale.search.split import SearchSplit, fixed_split, init_nfe_per_row
 from itscale.search.voting import NO_ANSWER, majority_vote, weighted_vote
 
 RULES = ("best_of_n", "majority_vote", "weighted_vote")
@@ -352,7 +352,8 @@ def allocated_search(sampler: Sampler, reward_fn: Callable, *, max_width: int,
 
     def init(key, x, params, ctx=None):
         num_steps = 1 if ctx is None else ctx.num_steps
-        split = fixed_split(width_max, num_steps=num_steps, nfe_per_step=per_step)
+        split = fixed_split(width_max, num_steps=num_steps, nfe_per_step=per_step,
+                            row_init=init_nfe_per_row(sampler, key, x.queries, params, ctx))
         width = jnp.clip(jnp.asarray(x.width, jnp.int32), 1, width_max)
         layout = _bucket_layout(buckets, width, width_max)
         rows = jax.tree.map(lambda a: a[layout.row_query], x.queries)
@@ -380,7 +381,7 @@ def allocated_search(sampler: Sampler, reward_fn: Callable, *, max_width: int,
         chosen = masked_select(scores, width, state.option, rules=rules, answers=answers)
         masked = jnp.where(active, invalid_as_impossible(scores), -jnp.inf)
         candidates = jax.tree.map(lambda a: a[row], outputs)
-        per_width = state.split.num_steps * state.split.nfe_per_step
+        per_width = state.split.row_init + state.split.num_steps * state.split.nfe_per_step
         info = {"width": state.width, "option": state.option, "answer": chosen.answer,
                 "nfe_allocated": state.width * per_width, "nfe_executed": state.layout.slot_width * per_width,
                 "dropped": state.layout.slot_width == 0}

@@ -33,7 +33,7 @@ from itscale.search.resampling import (RESAMPLERS, all_impossible, ess, log_mean
 from itscale.search.selection import (RebaseParams, TreeRule, balance_children, beam_search, dvts,
                                       keep_best_child, keep_top_beams, rebase)
 from itscale.search.smc import SMCParams, SMCState, smc, smc_output
-from itscale.search.split import SearchSplit, declared_nfe_per_step, plan_width
+from itscale.search.split import SearchSplit, declared_nfe_per_step, init_nfe_per_row, plan_width
 from itscale.search.svdd import svdd
 from itscale.search.tree import SearchParams, TreeHooks, TreeState, tree_search
 from itscale.search.twisted import TwistedState, twisted_smc
@@ -45,6 +45,7 @@ __all__ = [
     "TreeHooks", "TreeRule", "TreeState", "TwistedState", "Vote", "ZeroOrderParams", "ZeroOrderState",
     "all_impossible", "apportion", "balance_children", "beam_search", "best_of_n", "check_schedule", "code",
     "declared_nfe_per_step", "dvts", "ess", "fit_coverage_law", "in_place_ancestors", "in_place_order",
+    "init_nfe_per_row",
     "keep_best_child", "keep_top_beams", "log_mean_exp", "log_normalize", "majority_vote", "multinomial",
     "offspring_slots", "pass_at_k", "path_search", "plan_particle_schedule", "plan_width", "potentials",
     "random_search", "rbf", "rebase", "resample_in_place", "resampler", "resampling", "residual",

@@ -12,9 +12,10 @@ Works for any sampler whose state leaves lead with the batch axis and whose draw
 across rows (refine samplers, token rollouts).
 
 Budget: ``num_candidates=n``, or ``nfe_budget=B`` with the run's ``num_steps``: n is the largest with
-n × num_steps × nfe_per_step <= B (:func:`itscale.search.plan_width`; ``nfe_per_step`` from the
-sampler's declaration). The split is reported in ``output.split`` (for ``num_candidates`` its budget is
-the bound); ``stats.nfe`` is the measured total (a rollout's prompt prefill counts per candidate).
+n × (row_init + num_steps × nfe_per_step) <= B (:func:`itscale.search.plan_width`; ``nfe_per_step``
+from the sampler's declaration, ``row_init`` what the base sampler's ``init`` spends per row, read
+from its counted calls: a rollout's prompt prefill, paid by every candidate). The split is reported in
+``output.split`` (for ``num_candidates`` its budget is the bound); ``stats.nfe`` is the measured total.
 
 Ties go to the lowest candidate index. A NaN or +inf score is an invalid verdict, read as −inf and
 counted in ``invalid_rewards``; a query whose candidates all score −inf returns candidate 0 with
@@ -33,7 +34,7 @@ from itscale.core import checks, counting
 from itscale.core.sampler import Sampler, init_state, watch_within
 from itscale.core.weights import takes_models
 from itscale.search.output import search_output, verdicts
-from itscale.search.split import SearchSplit, declared_nfe_per_step, fixed_split, plan_width
+from itscale.search.split import SearchSplit, declared_nfe_per_step, fixed_split, init_nfe_per_row, plan_width
 
 _NOISE_STREAM = 0x2015E  # fold-in constant: the candidates' fresh noise, distinct from the base init's key
 
@@ -91,16 +92,17 @@ def best_of_n(sampler: Sampler, reward_fn: Callable, *, num_candidates: int | No
         per_step = declared_nfe_per_step(sampler, nfe_per_step)
     reward = counting.counted(reward_fn, kind="verifier")
 
-    def plan(num_steps: int) -> SearchSplit:
+    def plan(num_steps: int, row_init: int) -> SearchSplit:
         if fixed is not None:
-            return fixed_split(fixed, num_steps=num_steps, nfe_per_step=sampler.nfe_per_step or 1)
-        return plan_width(nfe_budget, num_steps=num_steps, nfe_per_step=per_step)
+            return fixed_split(fixed, num_steps=num_steps, nfe_per_step=sampler.nfe_per_step or 1,
+                               row_init=row_init)
+        return plan_width(nfe_budget, num_steps=num_steps, nfe_per_step=per_step, row_init=row_init)
 
     def init(key, x, params, ctx=None):
         if ctx is None and fixed is None:
             raise ValueError("best_of_n(nfe_budget=...) plans its width from the run's num_steps: run it "
                              "with its.run(..., num_steps=...)")
-        split = plan(1 if ctx is None else ctx.num_steps)
+        split = plan(1 if ctx is None else ctx.num_steps, init_nfe_per_row(sampler, key, x, params, ctx))
         base = init_state(sampler, key, repeat_queries(sampler, key, x, split.width), params, ctx)
         return BestOfNState(base, split.as_arrays(), jnp.zeros((split.width, 0), jnp.int8))
 

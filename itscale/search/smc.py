@@ -53,7 +53,7 @@ from itscale.search import potentials, resampling
 from itscale.search.in_place import resample_in_place
 from itscale.search.output import SearchOutput, is_invalid, search_output
 from itscale.search.preview import preview_scores
-from itscale.search.split import SearchSplit, fixed_split
+from itscale.search.split import SearchSplit, fixed_split, init_nfe_per_row
 from itscale.core.weights import takes_models
 
 _RESAMPLE_STREAM = 0x5EED  # fold-in constant: resampling key, distinct from the base step's key
@@ -118,11 +118,13 @@ def resample_step(key, tree, log_weights, ess_threshold, is_last, draw_ancestors
     return tree, log_weights, ess, log_mean, do_resample
 
 
-def particle_split(num_particles: int, num_steps: int, nfe_per_step: int | None) -> SearchSplit:
-    """The split of an SMC run: N particles over ``num_steps`` steps (the bound assumes 1 NFE per step
-    when the base sampler does not declare its cost)."""
+def particle_split(num_particles: int, num_steps: int, nfe_per_step: int | None,
+                   row_init: int = 0) -> SearchSplit:
+    """The split of an SMC run: N particles over ``num_steps`` steps after ``row_init`` NFE of the base
+    sampler's init per particle (the bound assumes 1 NFE per step when the base sampler does not declare
+    its cost)."""
     return fixed_split(num_particles, num_steps=num_steps, nfe_per_step=nfe_per_step or 1,
-                       group_width=num_particles)
+                       group_width=num_particles, row_init=row_init)
 
 
 def smc_output(particles, log_weights, final_log_potentials, *, split, num_resamples, ever_all_impossible,
@@ -199,7 +201,9 @@ def smc(sampler: Sampler, reward_fn: Callable, *, num_particles: int, potential:
         reward_shape = counting.eval_shape(lambda s: score(sampler.finalize(s)), base_state)
         dtype = jnp.promote_types(reward_shape.dtype, jnp.float32)
         zero = jnp.zeros((), jnp.int32)
-        split = None if ctx is None else particle_split(n, ctx.num_steps, sampler.nfe_per_step).as_arrays()
+        split = None if ctx is None else particle_split(
+            n, ctx.num_steps, sampler.nfe_per_step,
+            init_nfe_per_row(sampler, key, x, params.base, ctx)).as_arrays()
         return SMCState(base_state, jnp.zeros((n,), dtype), jnp.ones((n,), bool),
                         jax.tree.map(_store, potentials.initial(potential, n, dtype)), zero,
                         jnp.zeros((), bool), zero, split)

@@ -3,13 +3,15 @@
 Every search strategy of itscale, continuous or token, takes its budget as a static total number of
 network evaluations per query and turns it into a plan before any compute. A query costs at most
 
-    nfe_bound = prompt_tokens + width × num_steps × nfe_per_step × rounds
+    nfe_bound = prompt_tokens + width × (row_init + num_steps × nfe_per_step × rounds)
 
 where ``prompt_tokens`` is a prefix evaluated once per query and shared by every row (an LM prompt's
 prefill; 0 for a refinement sampler), ``width`` the rows grown in parallel (candidates, particles,
-beams × expansions, K children per particle), ``num_steps`` the base sampler's steps, ``nfe_per_step``
-the most evaluations one step makes per row (``Sampler.nfe_per_step``: a Runge–Kutta solver's stages,
-a token step's length) and ``rounds`` sequential repetitions over the same rows (search over paths).
+beams × expansions, K children per particle), ``row_init`` what the base sampler's ``init`` spends on
+each row (a rollout's prompt prefill when every candidate prefills its own copy; 0 for a refinement
+sampler; :func:`init_nfe_per_row`), ``num_steps`` the base sampler's steps, ``nfe_per_step`` the most
+evaluations one step makes per row (``Sampler.nfe_per_step``: a Runge–Kutta solver's stages, a token
+step's length) and ``rounds`` sequential repetitions over the same rows (search over paths).
 :func:`plan_width` picks the largest ``width`` (a multiple of ``group_width``) with
 ``nfe_bound <= nfe_budget``; every output reports the split and the run's ``stats.nfe`` is the
 measured cost (at most ``nfe_bound`` per query).
@@ -22,8 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from itscale.core import checks
-from itscale.core.sampler import Sampler
+from itscale.core import checks, counting
+from itscale.core.sampler import Sampler, init_state
 
 
 class SearchSplit(NamedTuple):
@@ -33,6 +35,7 @@ class SearchSplit(NamedTuple):
     see the module docstring). prompt_tokens: the shared prefix's NFE (0 for refinement samplers).
     width: rows grown in parallel = num_groups × group_width. num_steps: the base sampler's steps.
     nfe_per_step: most NFE of one step per row. rounds: sequential searches over the same rows.
+    row_init: NFE of the base sampler's ``init`` per row (0 where a strategy does not measure it).
     """
 
     nfe_budget: int
@@ -44,6 +47,7 @@ class SearchSplit(NamedTuple):
     num_steps: int
     nfe_per_step: int
     rounds: int
+    row_init: int = 0
 
     def as_arrays(self) -> "SearchSplit":
         """The same split as int32 arrays (for outputs of jitted runs)."""
@@ -51,7 +55,8 @@ class SearchSplit(NamedTuple):
 
 
 def plan_width(nfe_budget: int, *, num_steps: int, nfe_per_step: int, rounds: int = 1,
-               prompt_tokens: int = 0, group_width: int = 1, group_name: str = "candidate") -> SearchSplit:
+               prompt_tokens: int = 0, row_init: int = 0, group_width: int = 1,
+               group_name: str = "candidate") -> SearchSplit:
     """Largest width (a multiple of ``group_width``) whose ``nfe_bound`` fits ``nfe_budget``.
 
     Raises ``ValueError`` naming ``nfe_budget`` and the smallest budget that buys one group.
@@ -61,27 +66,39 @@ def plan_width(nfe_budget: int, *, num_steps: int, nfe_per_step: int, rounds: in
     nfe_per_step = checks.positive_int("nfe_per_step", nfe_per_step)
     rounds = checks.positive_int("rounds", rounds)
     group_width = checks.positive_int("group_width", group_width)
-    if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int) or prompt_tokens < 0:
-        raise ValueError(f"prompt_tokens must be a non-negative int, got {prompt_tokens!r}")
-    per_row = num_steps * nfe_per_step * rounds
+    for name, value in (("prompt_tokens", prompt_tokens), ("row_init", row_init)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    per_row = row_init + num_steps * nfe_per_step * rounds
     num_groups = max(budget - prompt_tokens, 0) // (per_row * group_width)
     if num_groups < 1:
         need = prompt_tokens + group_width * per_row
         prefix = f"the prompt prefill costs {prompt_tokens} NFE and " if prompt_tokens else ""
+        init = f"{row_init} NFE of the sampler's init and " if row_init else ""
         raise ValueError(
             f"nfe_budget={budget} is too small: {prefix}one {group_name} of {group_width} row(s) over "
-            f"num_steps={num_steps} steps of up to nfe_per_step={nfe_per_step} NFE"
+            f"{init}num_steps={num_steps} steps of up to nfe_per_step={nfe_per_step} NFE"
             f"{f' for rounds={rounds} rounds' if rounds > 1 else ''} costs {group_width * per_row}; "
             f"give nfe_budget >= {need}")
     width = num_groups * group_width
     return SearchSplit(budget, prompt_tokens + width * per_row, prompt_tokens, width, num_groups, group_width,
-                       num_steps, nfe_per_step, rounds)
+                       num_steps, nfe_per_step, rounds, row_init)
 
 
-def fixed_split(width: int, *, num_steps: int, nfe_per_step: int, group_width: int = 1) -> SearchSplit:
+def fixed_split(width: int, *, num_steps: int, nfe_per_step: int, group_width: int = 1,
+                row_init: int = 0) -> SearchSplit:
     """The split of a fixed width (no budget to plan from): its bound is also its budget."""
-    bound = width * num_steps * nfe_per_step
-    return SearchSplit(bound, bound, 0, width, width // group_width, group_width, num_steps, nfe_per_step, 1)
+    bound = width * (row_init + num_steps * nfe_per_step)
+    return SearchSplit(bound, bound, 0, width, width // group_width, group_width, num_steps, nfe_per_step, 1,
+                       row_init)
+
+
+def init_nfe_per_row(sampler: Sampler, key, x, params, ctx) -> int:
+    """NFE that ``sampler.init`` spends per row of ``x`` (a token rollout's prompt prefill), read from an
+    abstract trace of it (:func:`itscale.core.counting.static_cost`); 0 when its cost is not static
+    (then ``stats.nfe`` alone measures it)."""
+    total = counting.static_cost(lambda k, rows: init_state(sampler, k, rows, params, ctx), key, x)
+    return 0 if not total else total // jnp.shape(jax.tree.leaves(x)[0])[0]
 
 
 def declared_nfe_per_step(sampler: Sampler, nfe_per_step: int | None = None) -> int:

@@ -184,3 +184,16 @@ def test_adapters_around_counted_models_count_once():
     verifier_on_model = core.counted(lambda x: inner(x).sum(-1), kind="verifier")  # other kinds still count
     result = run_step(lambda x, ctx: x + verifier_on_model(x)[:, None], jnp.ones((4, 2)))
     assert int(result.stats.nfe) == 4 * 3 and int(result.stats.verifier_calls) == 4 * 3
+
+
+def test_static_cost_reads_static_counts_without_counting_them():
+    model = core.counted(lambda tokens: tokens * 2, cost=core.counting.token_positions)
+    tokens = jnp.zeros((3, 5), jnp.int32)
+    assert core.counting.static_cost(lambda t: model(t[:, :2]) + model(t[:, 2:4]), tokens) == 3 * 4
+    assert core.counting.static_cost(lambda t: t, tokens) == 0
+    # A count carried out of a drop-in loop is a traced value: only a run measures it.
+    looped = lambda t: core.counting.scan(lambda c, _: (model(c), None), t, length=2)[0]  # noqa: E731
+    assert core.counting.static_cost(looped, tokens) is None
+    with core.counting.ledger() as outer:
+        core.counting.static_cost(lambda t: model(t), tokens)
+    assert outer.entries["nfe"] == []

@@ -187,6 +187,21 @@ def test_one_program_runs_mixed_widths_exactly_as_best_of_n_per_query():
         its.run(sampler, key, AllocatedQueries(noise, zeros, zeros), num_steps=steps)
 
 
+def test_a_token_rollouts_prefill_counts_in_the_allocated_and_executed_nfe():
+    lm = its.models.MarkovLM(jnp.log(jnp.array([0.5, 0.3, 0.2])), jnp.log(jnp.full((3, 3), 1 / 3)))
+    rollout = its.tokens.rollout(lm.logits_fn, max_new_tokens=3)
+    prompts = jnp.array([[0, 1, 2, 1], [2, 2, 0, 1], [1, 0, 0, 2]], jnp.int32)
+    prefill = int(its.run(rollout, jax.random.key(0), prompts[:1], num_steps=3).stats.nfe) - 3
+    widths = np.array([1, 3, 2])
+    sampler = allocated_search(rollout, lambda g: g.tokens[:, -1].astype(jnp.float32), max_width=3,
+                               buckets=width_buckets(widths))
+    queries = AllocatedQueries(prompts, jnp.asarray(widths), jnp.zeros(3, jnp.int32))
+    result = its.run(sampler, jax.random.key(1), queries, num_steps=3)
+    assert int(result.output.split.row_init) == prefill > 0
+    np.testing.assert_array_equal(result.output.info["nfe_executed"], widths * (prefill + 3))
+    assert int(result.stats.nfe) == int(np.sum(result.output.info["nfe_executed"]))
+
+
 def _check_selections(out, widths, options, rules):
     candidates = np.asarray(out.candidates)
     scores = np.asarray(out.scores)

@@ -44,7 +44,7 @@ def test_split_and_exact_counts():
     np.testing.assert_array_equal(out.info["checkpoints"], [3, 6])
     split = {k: int(v) for k, v in out.split._asdict().items()}
     assert split == dict(nfe_budget=200, nfe_bound=198, prompt_tokens=0, width=18, num_groups=6, group_width=3,
-                         num_steps=9, nfe_per_step=1, rounds=2)
+                         num_steps=9, nfe_per_step=1, rounds=2, row_init=0)
     assert int(result.stats.nfe) == 4 * 198 and int(result.stats.verifier_calls) == 4 * 6 * 3 * 2
     assert out.candidates.shape == (4, 18, 2) and int(result.stats.nonfinite) == 0
     np.testing.assert_allclose(REWARD(out.best), out.best_score, rtol=1e-12)

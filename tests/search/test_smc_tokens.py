@@ -49,6 +49,31 @@ def test_smc_over_a_token_rollout_estimates_the_exact_log_normalizer():
     assert abs(means.mean() - tilted_mean) < 3.5 * means.std(ddof=1) / np.sqrt(seeds) + 1e-3
 
 
+def test_budgets_over_token_samplers_count_every_candidates_prefill():
+    """Each candidate or particle prefills its own copy of the prompt (init); the split counts it, so a
+    budget bounds the measured NFE and a fixed width reports what it spends."""
+    prompts = jnp.array([[0, 1, 2, 0, 1, 2], [2, 1, 0, 2, 1, 0]], jnp.int32)        # P = 6
+    rollout = its.tokens.rollout(LM.logits_fn, max_new_tokens=NEW)
+    prefill = int(its.run(rollout, jax.random.key(0), prompts[:1], num_steps=NEW).stats.nfe) - NEW
+    assert prefill > 0
+    for budget in (30, 31, 49):
+        result = its.run(its.search.best_of_n(rollout, _count_target, nfe_budget=budget), jax.random.key(1),
+                         prompts, num_steps=NEW)
+        split = result.output.split
+        assert int(split.row_init) == prefill and int(split.width) == budget // (prefill + NEW)
+        assert int(result.stats.nfe) == 2 * int(split.nfe_bound) <= 2 * budget
+    speculative = its.tokens.speculative(LM.logits_fn, LM.logits_fn, gamma=2, max_new_tokens=NEW)
+    result = its.run(its.search.best_of_n(speculative, _count_target, num_candidates=3), jax.random.key(1),
+                     prompts, num_steps=NEW)
+    split = result.output.split
+    assert (int(split.nfe_per_step), int(split.nfe_bound)) == (6, 3 * (int(split.row_init) + NEW * 6))
+    assert int(split.row_init) > 0 and int(result.stats.nfe) <= 2 * int(split.nfe_bound)
+    n = 4
+    steered = its.search.smc(rollout, _count_target, num_particles=n)
+    result = its.run(steered, jax.random.key(2), jnp.repeat(prompts[:1], n, axis=0), num_steps=NEW)
+    assert int(result.output.split.nfe_bound) == int(result.stats.nfe) == n * (prefill + NEW)
+
+
 def test_best_of_n_over_a_token_rollout():
     rollout = its.tokens.rollout(LM.logits_fn, max_new_tokens=NEW)
     result = its.run(its.search.best_of_n(rollout, _count_target, num_candidates=8), jax.random.key(1),
